@@ -1,0 +1,3 @@
+from neurofuse.cli import main
+
+main()

@@ -1,0 +1,41 @@
+"""The `neurofuse` click group and its error policy: one line per failure, no traceback unless --debug."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from neurofuse.errors import NeurofuseError
+
+
+class _App(click.Group):
+    """Turns NeurofuseError into `error: <message>` and its exit code (2 usage, 1 runtime)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except NeurofuseError as exc:
+            if ctx.meta.get("neurofuse.debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # an unexpected failure: still one line unless --debug
+            if ctx.meta.get("neurofuse.debug"):
+                raise
+            click.echo(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_App, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="neurofuse")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """neurofuse: multimodal medical image fusion (2D and 3D)."""
+    ctx.meta["neurofuse.debug"] = debug

@@ -1,0 +1,90 @@
+"""Registry of fusion methods (classical and learned) and the `fuse` entry point.
+
+A method is a function `(a, b, **options) -> f` on float arrays in [0, 1] of the same shape, 2D
+(H, W) or 3D (D, H, W); it returns the fused array in [0, 1] with that shape. Classical methods live
+in `neurofuse.baselines`; learned ones are registered by `neurofuse.models`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from neurofuse.errors import InputError, UsageError
+
+FuseFn = Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
+class FusionMethod:
+    """A registered fusion method: its name, one-line description and implementation."""
+
+    name: str
+    description: str
+    fn: FuseFn
+    kind: str = "classical"
+    spatial_dims: tuple[int, ...] = (2, 3)
+    options: dict = field(default_factory=dict)
+
+
+_METHODS: dict[str, FusionMethod] = {}
+_PROVIDERS = ("neurofuse.baselines", "neurofuse.models")
+
+
+def register_method(
+    name: str, description: str, kind: str = "classical", spatial_dims: tuple[int, ...] = (2, 3)
+) -> Callable[[FuseFn], FuseFn]:
+    """Decorator: register `fn` as fusion method `name`."""
+
+    def deco(fn: FuseFn) -> FuseFn:
+        if name in _METHODS:
+            raise ValueError(f"fusion method {name!r} registered twice")
+        _METHODS[name] = FusionMethod(name, description, fn, kind, spatial_dims)
+        return fn
+
+    return deco
+
+
+def _load_providers() -> None:
+    for mod in _PROVIDERS:
+        importlib.import_module(mod)
+
+
+def list_methods(kind: str | None = None) -> list[FusionMethod]:
+    """All registered methods (optionally one kind: "classical" or "learned"), sorted by name."""
+    _load_providers()
+    return sorted((m for m in _METHODS.values() if kind in (None, m.kind)), key=lambda m: m.name)
+
+
+def get_method(name: str) -> FusionMethod:
+    """The method registered as `name`, or a UsageError listing the available ones."""
+    _load_providers()
+    if name not in _METHODS:
+        raise UsageError(f"unknown fusion method {name!r}; available: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def check_pair(a: np.ndarray, b: np.ndarray, names: tuple[str, str] = ("A", "B")) -> None:
+    """Raise InputError unless a and b are finite, non-constant arrays of one 2D/3D shape."""
+    for arr, nm in zip((a, b), names, strict=True):
+        if arr.ndim not in (2, 3):
+            raise InputError(f"{nm}: expected a 2D image or 3D volume, got {arr.ndim}D shape {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"{nm}: contains NaN or Inf values")
+        if arr.size == 0 or float(arr.max()) == float(arr.min()):
+            raise InputError(f"{nm}: image is empty or constant")
+    if a.shape != b.shape:
+        raise InputError(f"{names[0]} and {names[1]}: shape mismatch {a.shape} vs {b.shape} (use --resample)")
+
+
+def fuse(a: np.ndarray, b: np.ndarray, method: str = "average", **options) -> np.ndarray:
+    """Fuse two co-registered arrays in [0, 1] (same 2D or 3D shape) with a registered method."""
+    check_pair(a, b)
+    m = get_method(method)
+    if a.ndim not in m.spatial_dims:
+        raise UsageError(f"method {method!r} supports {m.spatial_dims}D input, got {a.ndim}D")
+    out = m.fn(a.astype(np.float32, copy=False), b.astype(np.float32, copy=False), **options)
+    return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)

@@ -1,0 +1,60 @@
+"""The obviously-correct selective scan: a plain sequential recurrence in PyTorch (float32)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _expand_groups(M: torch.Tensor, d_inner: int) -> torch.Tensor:
+    """(batch, d_state, L) or (batch, groups, d_state, L) -> (batch, d_inner, d_state, L)."""
+    if M.dim() == 3:
+        return M.unsqueeze(1).expand(-1, d_inner, -1, -1)
+    groups = M.shape[1]
+    return M.repeat_interleave(d_inner // groups, dim=1)
+
+
+def selective_scan_ref(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+):
+    """Mamba-1 selective scan, step by step.
+
+    Shapes: u, delta, z (batch, d_inner, L); A (d_inner, d_state); B, C (batch, d_state, L) or
+    (batch, groups, d_state, L); D, delta_bias (d_inner,). Returns y (batch, d_inner, L) in u's dtype
+    and, on request, the last state (batch, d_inner, d_state) in float32.
+
+        delta = softplus(delta + delta_bias)            (if delta_softplus)
+        h_t   = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
+        y_t   = <C_t, h_t> + D * u_t;  y = y * silu(z)   (if z is given)
+    """
+    dtype_in = u.dtype
+    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[None, :, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, d_inner, L = u.shape
+    Bx = _expand_groups(B, d_inner)
+    Cx = _expand_groups(C, d_inner)
+    h = u.new_zeros(batch, d_inner, A.shape[1])
+    ys = []
+    for t in range(L):
+        dA = torch.exp(delta[:, :, t, None] * A)
+        h = dA * h + (delta[:, :, t] * u[:, :, t])[:, :, None] * Bx[:, :, :, t]
+        ys.append((h * Cx[:, :, :, t]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + u * D.float()[None, :, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    y = y.to(dtype_in)
+    return (y, h) if return_last_state else y
