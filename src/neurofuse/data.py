@@ -1,0 +1,328 @@
+"""Training and validation datasets for fusion models: Harvard 2D slice pairs and BraTS-layout volumes.
+
+Both return `{"a": tensor (1, *spatial), "b": tensor (1, *spatial), "id": str}` in [0, 1], with
+`a` the anatomical MRI (Harvard: MRI; BraTS: T2) and `b` the other modality (CT, the Y channel of
+SPECT/PET; BraTS: FLAIR). Images are read once and cached in memory. Random crops, flips and
+rotations (training only) are drawn from a generator seeded by `(seed, epoch, index)`, so an item is
+the same whatever the DataLoader worker count, and a resumed run sees exactly the data the
+uninterrupted run would have seen (call `set_epoch` at the start of every epoch).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from neurofuse.errors import InputError
+
+SPLITS = ("train", "val", "all")
+
+
+def _read_luma(path: Path) -> np.ndarray:
+    """Gray value of a 2D image in native units; the Y channel (full-range BT.601, as PIL) of colour."""
+    try:
+        from neurofuse.io import read_luma
+    except ImportError:  # neurofuse.io not merged yet: PIL's YCbCr is the same convention
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im = im if im.mode in ("L", "I", "I;16", "F") else im.convert("YCbCr").getchannel(0)
+            return np.asarray(im, dtype=np.float32)
+    return np.asarray(read_luma(path), dtype=np.float32)
+
+
+def _read_volume(path: Path) -> np.ndarray:
+    """A NIfTI volume as float32 in voxel order (i, j, k)."""
+    try:
+        from neurofuse.io import read_image
+    except ImportError:  # neurofuse.io not merged yet
+        import nibabel as nib
+
+        return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    return np.asarray(read_image(path).array, dtype=np.float32)
+
+
+def minmax01(x: np.ndarray) -> np.ndarray:
+    """Per-image min-max scaling to [0, 1] (the release's normalisation); constant images give zeros."""
+    x = x.astype(np.float32)
+    lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        return np.zeros_like(x)
+    return (x - lo) / (hi - lo)
+
+
+def _rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index])
+
+
+def _check_split(split: str, where: Path) -> None:
+    if split not in SPLITS:
+        raise InputError(f"{where}: unknown split {split!r}; use one of {', '.join(SPLITS)}")
+
+
+def _augment(arrays: list[np.ndarray], crop: int | None, flips: bool,
+             rng: np.random.Generator) -> list[np.ndarray]:
+    """Same random crop (cube/square of side `crop`), axis flips and (2D) rot90 for every array."""
+    shape = arrays[0].shape
+    if crop is not None:
+        if any(s < crop for s in shape):
+            raise InputError(f"crop {crop} is larger than the image {shape}")
+        starts = [int(rng.integers(0, s - crop + 1)) for s in shape]
+        sl = tuple(slice(s, s + crop) for s in starts)
+        arrays = [x[sl] for x in arrays]
+    if flips:
+        for axis in range(len(shape)):
+            if rng.random() < 0.5:
+                arrays = [np.flip(x, axis) for x in arrays]
+        if len(shape) == 2 and arrays[0].shape[0] == arrays[0].shape[1]:
+            k = int(rng.integers(0, 4))
+            arrays = [np.rot90(x, k) for x in arrays]
+    return [np.ascontiguousarray(x) for x in arrays]
+
+
+class _PairDataset(Dataset):
+    """Shared item logic: cached (a, b) arrays in [0,1], optional crop/flip augmentation."""
+
+    def __init__(self, crop: int | None, augment: bool, seed: int) -> None:
+        self.crop = crop
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.ids: list[str] = []
+        self._a: list[np.ndarray] = []
+        self._b: list[np.ndarray] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of `epoch` (deterministic per epoch and item)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The cached pair of item `index` as float32 in [0, 1]."""
+        return self._a[index], self._b[index]
+
+    def __getitem__(self, index: int) -> dict:
+        a, b = self._arrays(index)
+        if self.crop is not None or self.augment:
+            a, b = _augment([a, b], self.crop, self.augment, _rng(self.seed, self.epoch, index))
+        return {"a": torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None],
+                "b": torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))[None],
+                "id": self.ids[index]}
+
+
+class HarvardPairs(_PairDataset):
+    """Harvard (AANLIB) 2D pairs in `<root>/MRI/*.png` and `<root>/<CT|SPECT|PET>/*.png` with `split.csv`.
+
+    Args:
+        root: a pair folder such as `../shared/data/harvard/SPECT-MRI`.
+        split: "train", "val" or "all" (rows of `split.csv`: id,case,split).
+        crop: side of a random square crop (training); None keeps the full 256x256 image.
+        augment: random flips and rot90 (training).
+        ids: keep only these ids (after the split filter), e.g. for tests.
+        seed: seed of the augmentation draws.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", crop: int | None = None, augment: bool = False,
+                 ids: Sequence[str] | None = None, seed: int = 3407) -> None:
+        super().__init__(crop, augment, seed)
+        root = Path(root)
+        _check_split(split, root)
+        split_csv = root / "split.csv"
+        if not split_csv.is_file():
+            raise InputError(f"{split_csv}: split file not found (expected columns id,case,split)")
+        others = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "MRI")
+        if not (root / "MRI").is_dir() or len(others) != 1:
+            raise InputError(f"{root}: expected an MRI/ folder and exactly one other modality folder")
+        self.root, self.modality_b = root, others[0].name
+        with open(split_csv, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if not rows or not {"id", "split"} <= set(rows[0]):
+            raise InputError(f"{split_csv}: expected a header with columns id,case,split")
+        wanted = None if ids is None else {str(i) for i in ids}
+        keep = [r["id"] for r in rows
+                if (split == "all" or r["split"] == split) and (wanted is None or r["id"] in wanted)]
+        if not keep:
+            raise InputError(f"{split_csv}: no rows for split {split!r}")
+        for id_ in sorted(keep, key=lambda s: (len(s), s)):
+            pa, pb = root / "MRI" / f"{id_}.png", others[0] / f"{id_}.png"
+            for p in (pa, pb):
+                if not p.is_file():
+                    raise InputError(f"{p}: listed in {split_csv.name} but missing")
+            a, b = _compact(_read_luma(pa)), _compact(_read_luma(pb))
+            if a.shape != b.shape:
+                raise InputError(f"{pb}: shape {b.shape} differs from the MRI's {a.shape}")
+            self.ids.append(id_)
+            self._a.append(a)
+            self._b.append(b)
+
+    def _arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return minmax01(self._a[index]), minmax01(self._b[index])
+
+
+def _compact(x: np.ndarray) -> np.ndarray:
+    """8-bit images as uint8 (4x less cache memory), anything else as float32; min-max happens per item."""
+    if x.min() >= 0 and x.max() <= 255 and np.array_equal(x, np.round(x)):
+        return x.astype(np.uint8)
+    return x.astype(np.float32)
+
+
+# BraTS 2019 `<ID>_t2.nii.gz` / `<ID>_flair.nii.gz`; BraTS 2023 `<ID>-t2w.nii.gz` / `<ID>-t2f.nii.gz`.
+_LAYOUTS = (("_t2", "_flair"), ("-t2w", "-t2f"))
+
+
+def find_volume_pairs(root: str | Path) -> list[tuple[str, Path, Path]]:
+    """(case id, T2 path, FLAIR path) for every BraTS-layout case under `root`, sorted by id."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: data folder not found")
+    cases: dict[str, tuple[Path, Path]] = {}
+    for t2_tag, flair_tag in _LAYOUTS:
+        for t2 in root.rglob(f"*{t2_tag}.nii*"):
+            m = re.fullmatch(rf"(.+){re.escape(t2_tag)}(\.nii(\.gz)?)", t2.name)
+            if m is None:
+                continue
+            flair = t2.with_name(f"{m.group(1)}{flair_tag}{m.group(2)}")
+            if not flair.is_file():
+                raise InputError(f"{t2}: no FLAIR partner {flair.name} beside it")
+            cases[m.group(1)] = (t2, flair)
+    if not cases:
+        raise InputError(f"{root}: no BraTS-layout cases (<ID>_t2.nii.gz + <ID>_flair.nii.gz, or -t2w/-t2f)")
+    return [(k, *cases[k]) for k in sorted(cases)]
+
+
+def brain_bbox(*volumes: np.ndarray) -> tuple[slice, ...]:
+    """Bounding box of voxels above each volume's minimum (skull-stripped background) in any volume."""
+    mask = np.zeros(volumes[0].shape, dtype=bool)
+    for v in volumes:
+        mask |= v > v.min()
+    if not mask.any():
+        return tuple(slice(0, s) for s in mask.shape)
+    sl = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(i for i in range(mask.ndim) if i != axis)))
+        sl.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(sl)
+
+
+def pad_crop(x: np.ndarray, size: int) -> np.ndarray:
+    """Centre zero-pad or centre-crop every axis of `x` to `size`."""
+    out = np.zeros((size,) * x.ndim, dtype=x.dtype)
+    src, dst = [], []
+    for s in x.shape:
+        if s >= size:
+            o = (s - size) // 2
+            src.append(slice(o, o + size))
+            dst.append(slice(0, size))
+        else:
+            o = (size - s) // 2
+            src.append(slice(0, s))
+            dst.append(slice(o, o + s))
+    out[tuple(dst)] = x[tuple(src)]
+    return out
+
+
+def fit_resample(x: np.ndarray, size: int) -> np.ndarray:
+    """Trilinear resize keeping the aspect ratio so the longest axis is `size`, then centre zero-pad."""
+    scale = size / max(x.shape)
+    shape = [max(1, min(size, round(s * scale))) for s in x.shape]
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
+    y = F.interpolate(t, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy()
+    return pad_crop(y, size)
+
+
+@dataclass(frozen=True)
+class VolumePrep:
+    """How a volume pair becomes a training cube: brain-box crop, then `fit` to `size`^3.
+
+    fit: "resample" (aspect-preserving trilinear resize + pad) or "pad_crop" (centre pad/crop, 1 mm kept).
+    clip_percentiles: optional (low, high) intensity percentiles inside the brain clipped before min-max.
+    """
+
+    size: int = 128
+    fit: str = "resample"
+    clip_percentiles: tuple[float, float] | None = None
+
+
+def prepare_volume_pair(t2: np.ndarray, flair: np.ndarray, prep: VolumePrep) -> tuple[np.ndarray, np.ndarray]:
+    """Brain-box crop, per-volume [0,1] normalisation and fit to `prep.size`^3 of one (T2, FLAIR) pair."""
+    box = brain_bbox(t2, flair)
+    out = []
+    for v in (t2[box], flair[box]):
+        if prep.clip_percentiles is not None:
+            brain = v[v > v.min()]
+            lo, hi = np.percentile(brain if brain.size else v, prep.clip_percentiles)
+            v = np.clip(v, lo, hi)
+        v = minmax01(v)
+        out.append(fit_resample(v, prep.size) if prep.fit == "resample" else pad_crop(v, prep.size))
+    return out[0], out[1]
+
+
+class VolumePairs(_PairDataset):
+    """T2 / FLAIR volume pairs from BraTS-layout folders (2019 `_t2`/`_flair`, 2023 `-t2w`/`-t2f`).
+
+    Every case is cropped to the brain bounding box, normalised per volume to [0,1] and brought to
+    `prep.size`^3; training draws random `crop`^3 patches with random flips on all three axes.
+
+    Args:
+        root: folder searched recursively for cases (e.g. `MICCAI_BraTS_2019_Data_Training/`).
+        split: "train", "val" or "all". A `split.csv` (id,split or id,case,split) in `root` decides;
+            without one, cases sorted by id go to val at every fifth position (index % 5 == 4); a
+            cohort too small for that puts its last case in val, and a single case serves both.
+        crop: side of the random training patch; None keeps the whole cube.
+        augment: random flips along each axis.
+        prep: brain-box / resampling / normalisation settings.
+        ids: keep only these case ids.
+        seed: seed of the patch and flip draws.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", crop: int | None = None, augment: bool = False,
+                 prep: VolumePrep = VolumePrep(), ids: Sequence[str] | None = None, seed: int = 3407) -> None:
+        super().__init__(crop, augment, seed)
+        root = Path(root)
+        _check_split(split, root)
+        if prep.fit not in ("resample", "pad_crop"):
+            raise InputError(f"{root}: unknown volume fit {prep.fit!r}; use resample or pad_crop")
+        cases = find_volume_pairs(root)
+        if ids is not None:
+            wanted = {str(i) for i in ids}
+            cases = [c for c in cases if c[0] in wanted]
+        all_ids = [c[0] for c in cases]
+        chosen = [c for c in cases if split == "all" or split in self._splits_of(root, all_ids, c[0])]
+        if not chosen:
+            raise InputError(f"{root}: no cases for split {split!r}")
+        self.root, self.prep = root, prep
+        for case, t2_path, flair_path in chosen:
+            t2, flair = _read_volume(t2_path), _read_volume(flair_path)
+            if t2.shape != flair.shape:
+                raise InputError(f"{flair_path}: shape {flair.shape} differs from the T2's {t2.shape}")
+            a, b = prepare_volume_pair(t2, flair, prep)
+            self.ids.append(case)
+            self._a.append(a)
+            self._b.append(b)
+
+    @staticmethod
+    def _splits_of(root: Path, all_ids: list[str], case: str) -> tuple[str, ...]:
+        """The split(s) a case belongs to (a lone case without split.csv is in both)."""
+        split_csv = root / "split.csv"
+        if split_csv.is_file():
+            with open(split_csv, newline="") as fh:
+                table = {r["id"]: r["split"] for r in csv.DictReader(fh)}
+            if case not in table:
+                raise InputError(f"{split_csv}: case {case!r} is not listed")
+            return (table[case],)
+        n, i = len(all_ids), all_ids.index(case)
+        if n == 1:
+            return ("train", "val")
+        if n < 5:
+            return ("val",) if i == n - 1 else ("train",)
+        return ("val",) if i % 5 == 4 else ("train",)
