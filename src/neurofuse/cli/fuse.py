@@ -1,0 +1,127 @@
+"""`neurofuse fuse`, `fuse-dir` and `methods`: fusion from the command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from neurofuse.cli.app import main
+from neurofuse.errors import NeurofuseError, UsageError
+from neurofuse.fusion import get_method, list_methods
+from neurofuse.io import pair_files, suffix_of
+from neurofuse.pipeline import FuseOptions, fuse_files
+
+_common = [
+    click.option(
+        "--method", "-m", default="average", show_default=True, help="Fusion method (see `neurofuse methods`)."
+    ),
+    click.option("--resample", is_flag=True, help="Resample B onto A's grid (linear) if the grids differ."),
+    click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
+    click.option("--gray", is_flag=True, help="Write gray output even when an input is colour."),
+    click.option("--clip", "clip", nargs=2, type=float, default=None, help="Clip to percentiles LO HI before min-max."),
+    click.option(
+        "--bit-depth", type=click.Choice(["8", "16"]), default="8", show_default=True, help="2D output depth."
+    ),
+    click.option(
+        "--dtype",
+        type=click.Choice(["float32", "uint8", "int16", "uint16"]),
+        default="float32",
+        show_default=True,
+        help="NIfTI output data type.",
+    ),
+    click.option(
+        "--option",
+        "-O",
+        "options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Method option, e.g. -O wavelet=db4 -O levels=3 -O weights=model.safetensors.",
+    ),
+]
+
+
+def _with_common(fn):
+    for opt in reversed(_common):
+        fn = opt(fn)
+    return fn
+
+
+def _parse_value(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(v.lower(), v)
+
+
+def _method_options(options: tuple[str, ...]) -> dict:
+    out = {}
+    for item in options:
+        if "=" not in item:
+            raise UsageError(f"method option {item!r} must be KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = _parse_value(v.strip())
+    return out
+
+
+def _opts(method, resample, overwrite, gray, clip, bit_depth, dtype) -> FuseOptions:
+    return FuseOptions(method, resample, overwrite, gray, tuple(clip) if clip else None, int(bit_depth), dtype)
+
+
+@main.command("fuse")
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output file (.png/.tif or .nii.gz).")
+@_with_common
+def fuse_cmd(a, b, out, method, resample, overwrite, gray, clip, bit_depth, dtype, options):
+    """Fuse two co-registered images A (anatomical, reference grid) and B into OUT (2D or 3D)."""
+    path = fuse_files(
+        a, b, out, _opts(method, resample, overwrite, gray, clip, bit_depth, dtype), **_method_options(options)
+    )
+    click.echo(str(path))
+
+
+@main.command("fuse-dir")
+@click.argument("dir_a", type=click.Path(path_type=Path))
+@click.argument("dir_b", type=click.Path(path_type=Path))
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder (created).")
+@click.option("--ext", default=None, help="Output extension (default: that of the A file).")
+@_with_common
+def fuse_dir_cmd(dir_a, dir_b, out_dir, ext, method, resample, overwrite, gray, clip, bit_depth, dtype, options):
+    """Fuse every pair of files with the same name in DIR_A and DIR_B (resumable)."""
+    get_method(method)
+    pairs = pair_files(dir_a, dir_b)
+    if not pairs:
+        raise UsageError(f"{dir_a} and {dir_b}: no file names in common")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    opts = _opts(method, resample, overwrite, gray, clip, bit_depth, dtype)
+    mopts = _method_options(options)
+    done = skipped = 0
+    failed: list[str] = []
+    for name, pa, pb in tqdm(pairs, desc=f"fuse-dir {method}", unit="pair"):
+        stem = name[: len(name) - len(suffix_of(name))]
+        target = out_dir / f"{stem}{ext or suffix_of(name)}"
+        if target.exists() and not overwrite:
+            skipped += 1
+            continue
+        try:
+            fuse_files(pa, pb, target, opts, **mopts)
+            done += 1
+        except NeurofuseError as exc:
+            failed.append(name)
+            tqdm.write(f"error: {exc}", file=sys.stderr)
+    click.echo(f"{done} fused, {skipped} skipped (exist), {len(failed)} failed -> {out_dir}")
+    if failed:
+        sys.exit(1)
+
+
+@main.command("methods")
+def methods_cmd():
+    """List every registered fusion method."""
+    for m in list_methods():
+        dims = "/".join(f"{d}D" for d in m.spatial_dims)
+        click.echo(f"{m.name:<16} {m.kind:<10} {dims:<6} {m.description}")
