@@ -22,31 +22,18 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from neurofuse.errors import InputError
+from neurofuse.io import read_image, read_luma
 
 SPLITS = ("train", "val", "all")
 
 
 def _read_luma(path: Path) -> np.ndarray:
     """Gray value of a 2D image in native units; the Y channel (full-range BT.601, as PIL) of colour."""
-    try:
-        from neurofuse.io import read_luma
-    except ImportError:  # neurofuse.io not merged yet: PIL's YCbCr is the same convention
-        from PIL import Image
-
-        with Image.open(path) as im:
-            im = im if im.mode in ("L", "I", "I;16", "F") else im.convert("YCbCr").getchannel(0)
-            return np.asarray(im, dtype=np.float32)
     return np.asarray(read_luma(path), dtype=np.float32)
 
 
 def _read_volume(path: Path) -> np.ndarray:
     """A NIfTI volume as float32 in voxel order (i, j, k)."""
-    try:
-        from neurofuse.io import read_image
-    except ImportError:  # neurofuse.io not merged yet
-        import nibabel as nib
-
-        return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
     return np.asarray(read_image(path).array, dtype=np.float32)
 
 

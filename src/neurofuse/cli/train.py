@@ -1,0 +1,62 @@
+"""`neurofuse train`: train a fusion model from a YAML config and/or flags (flags win)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from neurofuse.cli.app import main
+from neurofuse.train import TrainConfig, export_fp16, train
+
+
+def resolve_config(config: str | None, resume: bool, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults < YAML (`--config`, or `<out>/config.yaml` when resuming without one) < flags that were given."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if resume:
+        given["resume"] = True
+    if config is None and resume and "out" in given and (Path(given["out"]) / "config.yaml").is_file():
+        config = str(Path(given["out"]) / "config.yaml")
+    if config is not None:
+        return TrainConfig.from_yaml(config, **given)
+    return TrainConfig.from_dict(given, "command line")
+
+
+@main.command("train")
+@click.option("--config", "config", type=click.Path(dir_okay=False), help="YAML file of training options.")
+@click.option("--model", help="Registered model name, e.g. clinicalfmamba_2d (see `neurofuse models`).")
+@click.option("--data", type=click.Path(), help="Harvard pair folder (with split.csv) or BraTS-layout folder.")
+@click.option("--out", type=click.Path(), help="Run folder for checkpoints, log.csv and config.yaml.")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", "batch_size", type=int, help="Per-process batch size.")
+@click.option("--lr", type=float, help="Peak learning rate (Adam, betas 0.9/0.999).")
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]), help="Cosine decays to min_lr (1e-6).")
+@click.option("--crop", type=int, help="Training crop (2D) / patch (3D) side.")
+@click.option("--seed", type=int)
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@click.option("--max-steps", "max_steps", type=int, help="Stop (resumably) after this many optimiser steps.")
+@click.option("--max-minutes", "max_minutes", type=float, help="Stop (resumably) after this much wall time.")
+@click.option("--precision", type=click.Choice(["bf16", "fp32"]))
+@click.option("--device", help="auto, cpu, cuda or cuda:N.")
+@click.option("--threads", type=int, help="torch.set_num_threads for this process.")
+@click.option("--workers", "num_workers", type=int, help="DataLoader worker processes.")
+@click.option("--stage", help="Training stage of a multi-stage model (see its training_stages).")
+@click.option("--init", type=click.Path(dir_okay=False), help="Initial weights (safetensors), e.g. stage 1's best.")
+@click.option("--export-fp16", "export_path", type=click.Path(dir_okay=False),
+              help="After training, write the best weights as float16 safetensors here.")
+def train_cmd(config: str | None, resume: bool, export_path: str | None, **overrides: Any) -> None:
+    """Train a fusion model; checkpoints, log.csv and config.yaml go to --out.
+
+    Multi-process: `torchrun --nproc_per_node N -m neurofuse train ...` (gloo on CPU, nccl on CUDA).
+    """
+    cfg = resolve_config(config, resume, overrides)
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    best = "none" if result.best_val_loss is None else f"{result.best_val_loss:.5f}"
+    click.echo(f"{result.stopped}: step {result.step}/{result.total_steps}, best val loss {best}, run in {result.out}")
+    if export_path is not None:
+        src = result.out / "best.safetensors"
+        click.echo(f"exported {export_fp16(src if src.is_file() else result.out / 'last.safetensors', export_path)}")

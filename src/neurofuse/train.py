@@ -1,0 +1,508 @@
+"""Generic trainer for fusion models that follow the fusion-model protocol.
+
+A model needs `training_loss(a, b) -> (loss, {term: float})`, `forward(a, b) -> f` and `spatial_dims`.
+Two-stage methods may also declare `training_stages: list[str]` and `set_stage(name)`; the trainer
+calls `set_stage(cfg.stage)` before building the optimiser (so a stage can freeze parameters) and
+optimises only parameters that require grad. Train stage 2 from stage 1 with `init=<stage-1 weights>`.
+
+Outputs in `cfg.out` (rank 0 only):
+- `last.safetensors` (weights) + `last_state.pt` (optimiser, step, schedule, RNG, log accumulators:
+  plain tensors and containers, loaded with `weights_only=True`): `resume=True` continues bit-identically;
+- `best.safetensors` + `best.json`: lowest validation loss so far;
+- `log.csv`: one row per validation (epoch, step, train loss terms, val loss terms and metrics, lr, seconds);
+- `config.yaml`: the resolved config.
+
+The learning rate is a pure function of the optimiser step (constant, or cosine from `lr` to
+`min_lr` over `epochs`), so the step is the whole schedule state. Augmentation draws are seeded by
+(seed, epoch, item) and the batch order by (seed, epoch), so resuming mid-epoch skips the batches
+already seen. Multi-process: launch with `torchrun --nproc_per_node N -m neurofuse train ...`;
+DDP uses `gloo` on CPU and `nccl` on CUDA, every rank reads its DistributedSampler shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import yaml
+from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from neurofuse.data import HarvardPairs, VolumePairs, VolumePrep
+from neurofuse.errors import InputError, UsageError
+from neurofuse.io import atomic_write_path
+from neurofuse.models.registry import create_model, load_weights
+
+# Settings that may change between a run and its resume without breaking exactness.
+_RESUME_FREE = {"resume", "out", "max_steps", "max_minutes", "threads", "num_workers", "val_limit", "val_metrics"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; loadable from YAML (`TrainConfig.from_yaml`).
+
+    Budget options (`max_steps`, `max_minutes`) stop a run early with a resumable `last` checkpoint;
+    they do not change the learning-rate schedule, which always spans `epochs`.
+    """
+
+    model: str = "clinicalfmamba_2d"
+    data: str = ""
+    out: str = "runs/train"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "auto"  # auto | harvard | volumes
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine
+    min_lr: float = 1e-6
+    crop: int | None = 96  # 2D crop side / 3D patch side; None trains on whole images
+    augment: bool = True
+    volume_size: int = 128
+    volume_fit: str = "resample"  # resample | pad_crop
+    seed: int = 3407
+    precision: str = "bf16"  # bf16 | fp32
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None
+    num_workers: int = 0
+    channels_last: bool = True
+    grad_clip: float | None = None
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    val_metrics: bool = True
+    val_limit: int | None = None
+    validate_first: bool = False
+    stage: str | None = None
+    init: str | None = None
+    resume: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a mapping, rejecting unknown keys with a one-line error naming `source`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise UsageError(f"{source}: unknown training option(s) {', '.join(unknown)}")
+        values = dict(values)
+        if values.get("betas") is not None:
+            values["betas"] = tuple(float(x) for x in values["betas"])
+        cfg = cls(**values)
+        cfg.validate(source)
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Load a YAML mapping of options; `overrides` that are not None win over the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise UsageError(f"{path}: expected a mapping of training options")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values, str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    def validate(self, source: str = "config") -> None:
+        """Raise UsageError for values that cannot work."""
+        checks = [
+            (self.dataset in ("auto", "harvard", "volumes"), f"dataset {self.dataset!r} (auto|harvard|volumes)"),
+            (self.schedule in ("constant", "cosine"), f"schedule {self.schedule!r} (constant|cosine)"),
+            (self.precision in ("bf16", "fp32"), f"precision {self.precision!r} (bf16|fp32)"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"device {self.device!r}"),
+            (self.volume_fit in ("resample", "pad_crop"), f"volume_fit {self.volume_fit!r} (resample|pad_crop)"),
+            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
+            (self.lr > 0 and self.min_lr >= 0, "lr must be > 0 and min_lr >= 0"),
+            (self.crop is None or self.crop >= 1, f"crop {self.crop}"),
+            (self.max_steps is None or self.max_steps >= 0, f"max_steps {self.max_steps}"),
+            (bool(self.data), "data folder not set"),
+        ]
+        for ok, what in checks:
+            if not ok:
+                raise UsageError(f"{source}: bad training option: {what}")
+
+
+@dataclass
+class TrainResult:
+    """What a run did: final step, why it stopped, the best validation loss, the trained model."""
+
+    out: Path
+    step: int
+    total_steps: int
+    stopped: str  # "done" | "max_steps" | "max_minutes"
+    best_val_loss: float | None
+    model: nn.Module = field(repr=False)
+
+
+# ------------------------------------------------------------------------------------------- data
+def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int]:
+    """(train, val, spatial_dims) for `cfg.data`: Harvard pairs (2D) or BraTS-layout volumes (3D)."""
+    root = Path(cfg.data)
+    if not root.is_dir():
+        raise InputError(f"{root}: data folder not found")
+    kind = cfg.dataset
+    if kind == "auto":
+        kind = "harvard" if (root / "split.csv").is_file() and (root / "MRI").is_dir() else "volumes"
+    if kind == "harvard":
+        train = HarvardPairs(root, "train", crop=cfg.crop, augment=cfg.augment, seed=cfg.seed)
+        return train, HarvardPairs(root, "val"), 2
+    prep = VolumePrep(size=cfg.volume_size, fit=cfg.volume_fit)
+    train = VolumePairs(root, "train", crop=cfg.crop, augment=cfg.augment, prep=prep, seed=cfg.seed)
+    return train, VolumePairs(root, "val", prep=prep), 3
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write `model`'s state dict as safetensors (contiguous CPU copies), atomically."""
+    state = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+             for k, v in model.state_dict().items()}
+    with atomic_write_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+
+
+def export_fp16(src: str | Path, dst: str | Path) -> Path:
+    """Copy safetensors weights with floating tensors cast to float16 (for shipping); returns `dst`."""
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise InputError(f"{src}: weights file not found")
+    from safetensors import safe_open
+
+    with safe_open(str(src), "pt") as fh:
+        metadata = dict(fh.metadata() or {})
+    state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(src)).items()}
+    metadata["dtype"] = "float16"
+    with atomic_write_path(dst) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    return dst
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    with atomic_write_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with atomic_write_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ------------------------------------------------------------------------------------ the run
+class _LossModule(nn.Module):
+    """Routes `training_loss` through `forward` so DistributedDataParallel sees (and syncs) it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.model.training_loss(a, b)
+
+
+def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Learning rate for optimiser step `step` (0-based): constant or cosine from lr to min_lr."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    t = min(step, total_steps) / max(total_steps, 1)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _resolve_device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    if cfg.device == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        name = cfg.device
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {cfg.device!r}: CUDA is not available here")
+        return torch.device(name if ":" in name else f"cuda:{local_rank}")
+    return torch.device("cpu")
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    use = cfg.precision == "bf16" and (device.type == "cpu" or torch.cuda.is_bf16_supported())
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
+
+
+def _metrics_fn(enabled: bool):
+    """`neurofuse.metrics.compute_metrics` when validation metrics are wanted and available, else None."""
+    if not enabled:
+        return None
+    try:
+        from neurofuse.metrics import compute_metrics
+    except ImportError:
+        return None
+    return compute_metrics
+
+
+def _prep(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device,
+             channels_last: bool = False) -> dict[str, float]:
+    """Mean validation loss, loss terms and (when available) `clinicalfmamba` preset metrics on `data`."""
+    metrics = _metrics_fn(cfg.val_metrics)
+    n = len(data) if cfg.val_limit is None else min(cfg.val_limit, len(data))
+    sums: dict[str, float] = {}
+    was_training = model.training
+    model.eval()
+    for i in tqdm(range(n), desc="validate", leave=False, disable=n < 2):
+        item = data[i]
+        a, b = (_prep(item[k][None], device, channels_last) for k in ("a", "b"))
+        with _autocast(cfg, device):
+            loss, terms = model.training_loss(a, b)
+        row = {"val_loss": float(loss), **{f"val_{k}": float(v) for k, v in terms.items()}}
+        if metrics is not None:
+            with _autocast(cfg, device):
+                f = model(a, b)
+            arr = [t[0, 0].float().clamp(0, 1).cpu().numpy() for t in (a, b, f)]
+            row.update({f"val_{k}": float(v) for k, v in metrics(*arr, preset="clinicalfmamba").items()})
+        for k, v in row.items():
+            sums[k] = sums.get(k, 0.0) + v
+    model.train(was_training)
+    return {k: v / n for k, v in sums.items()}
+
+
+def _check_protocol(model: nn.Module, name: str) -> None:
+    for attr in ("training_loss", "spatial_dims"):
+        if not hasattr(model, attr):
+            raise UsageError(f"model {name!r} cannot be trained: it has no {attr} (fusion-model protocol)")
+
+
+def _apply_stage(model: nn.Module, cfg: TrainConfig) -> list[str]:
+    stages = list(getattr(model, "training_stages", None) or [])
+    if not stages:
+        if cfg.stage is not None:
+            raise UsageError(f"model {cfg.model!r} has no training stages; drop --stage {cfg.stage}")
+        return stages
+    if cfg.stage is None:
+        if len(stages) > 1:
+            raise UsageError(f"model {cfg.model!r} trains in stages ({', '.join(stages)}); choose one with --stage")
+        cfg.stage = stages[0]
+    if cfg.stage not in stages:
+        raise UsageError(f"model {cfg.model!r}: unknown stage {cfg.stage!r}; stages: {', '.join(stages)}")
+    model.set_stage(cfg.stage)
+    return stages
+
+
+def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    now = cfg.to_dict()
+    for key, value in saved.items():
+        if key not in _RESUME_FREE and key in now and now[key] != value:
+            raise UsageError(f"{path}: cannot resume with {key}={now[key]!r}, the run used {value!r}")
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@contextlib.contextmanager
+def _distributed(device_hint: str) -> Iterator[tuple[int, int, int]]:
+    """(rank, world, local_rank) from torchrun's environment; sets up and tears down the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    created = False
+    if world > 1 and not dist.is_initialized():
+        use_cuda = device_hint.startswith("cuda") or (device_hint == "auto" and torch.cuda.is_available())
+        if use_cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        created = True
+    try:
+        yield rank, world, local
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig, model: nn.Module | None = None) -> TrainResult:
+    """Train `cfg.model` (or the given `model`, for callers with unregistered models) on `cfg.data`."""
+    cfg.validate()
+    with _distributed(cfg.device) as (rank, world, local_rank):
+        return _train(cfg, model, rank, world, local_rank)
+
+
+def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, local_rank: int) -> TrainResult:
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = _resolve_device(cfg, local_rank)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    out = Path(cfg.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    if model is None:
+        model = create_model(cfg.model, **cfg.model_args)
+    _check_protocol(model, cfg.model)
+    stages = _apply_stage(model, cfg)
+    if cfg.init is not None:
+        load_weights(model, cfg.init)
+    train_ds, val_ds, data_dims = build_datasets(cfg)
+    if data_dims != model.spatial_dims:
+        raise UsageError(f"{cfg.data}: {data_dims}D data but model {cfg.model!r} is {model.spatial_dims}D")
+    channels_last = cfg.channels_last and model.spatial_dims == 2
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.train()
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    steps_per_epoch = len(sampler) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise InputError(f"{cfg.data}: {len(train_ds)} training items are fewer than one batch per process "
+                         f"(batch {cfg.batch_size} x {world} processes)")
+    total_steps = cfg.epochs * steps_per_epoch
+
+    step, seconds, best, rows = 0, 0.0, None, []
+    acc: dict[str, float] = {}  # sums of train loss terms since the last validation row
+    acc_n = 0
+    if cfg.resume:
+        state_path = out / "last_state.pt"
+        if not state_path.is_file():
+            raise UsageError(f"{state_path}: nothing to resume (no last checkpoint in {out})")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        _check_resume_config(state["config"], cfg, state_path)
+        load_weights(model, out / "last.safetensors")
+        opt.load_state_dict(state["optimizer"])
+        step, seconds, best = state["step"], state["seconds"], state["best_val_loss"]
+        acc, acc_n = dict(state["train_sums"]), state["train_count"]
+        _set_rng_state(state["rng"], device)
+        rows = _read_log(out / "log.csv")
+    elif rank == 0:
+        with atomic_write_path(out / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    net: nn.Module = _LossModule(model)
+    if world > 1:
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=bool(stages))
+    meta = {"model": cfg.model, "model_args": json.dumps(cfg.model_args), "stage": str(cfg.stage)}
+    max_steps = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
+    deadline = None if cfg.max_minutes is None else time.monotonic() + 60.0 * cfg.max_minutes
+
+    def checkpoint() -> None:
+        save_weights(model, out / "last.safetensors", {**meta, "step": str(step)})
+        _save_state(out / "last_state.pt", {
+            "step": step, "seconds": seconds, "best_val_loss": best, "optimizer": opt.state_dict(),
+            "schedule": {"kind": cfg.schedule, "step": step, "total_steps": total_steps},
+            "rng": _rng_state(device), "train_sums": acc, "train_count": acc_n, "config": cfg.to_dict()})
+
+    def validate() -> None:
+        nonlocal best, acc, acc_n
+        if rank == 0:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                val = evaluate(model, val_ds, cfg, device, channels_last)
+            row = {"epoch": round(step / steps_per_epoch, 4), "step": step,
+                   **{f"train_{k}": v / max(acc_n, 1) for k, v in acc.items()}, **val,
+                   "lr": lr_at(cfg, max(step - 1, 0), total_steps), "seconds": round(seconds, 2)}
+            rows.append(row)
+            _write_log(out / "log.csv", rows)
+            if best is None or val["val_loss"] < best:
+                best = val["val_loss"]
+                save_weights(model, out / "best.safetensors", {**meta, "step": str(step)})
+                with atomic_write_path(out / "best.json") as tmp:
+                    tmp.write_text(json.dumps(row, indent=1))
+        acc, acc_n = {}, 0
+        if world > 1:
+            dist.barrier()
+
+    if cfg.validate_first and step == 0 and not rows:
+        validate()
+    stopped = "done"
+    while step < max_steps:
+        epoch, skip = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        indices = list(sampler)[skip * cfg.batch_size:]
+        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=indices, drop_last=True,
+                            num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                            generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        bar = tqdm(loader, total=steps_per_epoch - skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=rank != 0, dynamic_ncols=True)
+        for batch in bar:
+            t0 = time.perf_counter()
+            a, b = (_prep(batch[k], device, channels_last) for k in ("a", "b"))
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, step, total_steps)
+            opt.zero_grad(set_to_none=True)
+            with _autocast(cfg, device):
+                loss, terms = net(a, b)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            step += 1
+            loss_value = float(loss)
+            for k, v in {"loss": loss_value, **terms}.items():
+                acc[k] = acc.get(k, 0.0) + float(v)
+            acc_n += 1
+            seconds += time.perf_counter() - t0
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_at(cfg, step - 1, total_steps):.2e}")
+            stop = step >= max_steps
+            if deadline is not None:
+                flag = torch.tensor(float(time.monotonic() >= deadline))
+                if world > 1:
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                if flag.item() > 0:
+                    stop, stopped = True, "max_minutes"
+            if stop:
+                break
+        bar.close()
+        if step % steps_per_epoch == 0 or step >= max_steps or stopped != "done":
+            validate()
+        if rank == 0:
+            checkpoint()
+        if stopped != "done":
+            break
+    if stopped == "done" and step < total_steps:
+        stopped = "max_steps"
+    return TrainResult(out=out, step=step, total_steps=total_steps, stopped=stopped, best_val_loss=best, model=model)
