@@ -8,6 +8,7 @@ in `neurofuse.baselines`; learned ones are registered by `neurofuse.models`.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -86,5 +87,12 @@ def fuse(a: np.ndarray, b: np.ndarray, method: str = "average", **options) -> np
     m = get_method(method)
     if a.ndim not in m.spatial_dims:
         raise UsageError(f"method {method!r} supports {m.spatial_dims}D input, got {a.ndim}D")
+    accepted = inspect.signature(m.fn).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(options) - set(list(accepted)[2:]))
+        if unknown:
+            raise UsageError(
+                f"method {method!r} has no option {', '.join(unknown)}; it takes {list(accepted)[2:] or 'none'}"
+            )
     out = m.fn(a.astype(np.float32, copy=False), b.astype(np.float32, copy=False), **options)
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
