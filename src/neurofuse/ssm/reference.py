@@ -1,4 +1,4 @@
-"""The obviously-correct selective scan: a plain sequential recurrence in PyTorch (float32)."""
+"""The obviously-correct selective scan: a plain sequential recurrence in PyTorch."""
 
 from __future__ import annotations
 
@@ -25,21 +25,31 @@ def selective_scan_ref(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    reverse: bool = False,
 ):
-    """Mamba-1 selective scan, step by step.
+    """Mamba-1 selective scan, step by step (float32; float64 when u is float64).
 
     Shapes: u, delta, z (batch, d_inner, L); A (d_inner, d_state); B, C (batch, d_state, L) or
     (batch, groups, d_state, L); D, delta_bias (d_inner,). Returns y (batch, d_inner, L) in u's dtype
-    and, on request, the last state (batch, d_inner, d_state) in float32.
+    and, on request, the last state (batch, d_inner, d_state) in the compute dtype.
 
         delta = softplus(delta + delta_bias)            (if delta_softplus)
         h_t   = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
         y_t   = <C_t, h_t> + D * u_t;  y = y * silu(z)   (if z is given)
+
+    reverse=True runs t from L-1 down to 0 (flip, scan, flip back); the last state is then the one
+    after position 0.
     """
+    if reverse:
+        flip = [t.flip(-1) if t is not None else None for t in (u, delta, B, C, z)]
+        y, h = selective_scan_ref(flip[0], flip[1], A, flip[2], flip[3], D, flip[4], delta_bias,
+                                  delta_softplus, True)  # fmt: skip
+        return (y.flip(-1), h) if return_last_state else y.flip(-1)
     dtype_in = u.dtype
-    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
+    ft = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta, A, B, C = (t.to(ft) for t in (u, delta, A, B, C))
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[None, :, None]
+        delta = delta + delta_bias.to(ft)[None, :, None]
     if delta_softplus:
         delta = F.softplus(delta)
     batch, d_inner, L = u.shape
@@ -53,8 +63,8 @@ def selective_scan_ref(
         ys.append((h * Cx[:, :, :, t]).sum(-1))
     y = torch.stack(ys, dim=-1)
     if D is not None:
-        y = y + u * D.float()[None, :, None]
+        y = y + u * D.to(ft)[None, :, None]
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(ft))
     y = y.to(dtype_in)
     return (y, h) if return_last_state else y
