@@ -1,0 +1,159 @@
+"""Structural metrics: SSIM and MS-SSIM (2D and 3D), Qabf and Nabf (edge transfer, 2D)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from neurofuse.errors import InputError
+from neurofuse.metrics.registry import combine, register_metric
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def _gauss(x: np.ndarray, sigma: float, win: int) -> np.ndarray:
+    return ndimage.gaussian_filter(x, sigma, mode="reflect", truncate=(win // 2) / sigma)
+
+
+def ssim_terms(
+    x: np.ndarray, y: np.ndarray, data_range: float, win: int = 11, sigma: float = 1.5,
+    k1: float = 0.01, k2: float = 0.03,
+) -> tuple[float, float]:
+    """(mean SSIM, mean contrast-structure) over the valid region of a Gaussian window.
+
+    Same maths as skimage's structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False): population moments, borders of win//2 excluded from the mean.
+    Works for any number of dimensions (11^3 window in 3D).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    ux, uy = _gauss(x, sigma, win), _gauss(y, sigma, win)
+    vx = _gauss(x * x, sigma, win) - ux * ux
+    vy = _gauss(y * y, sigma, win) - uy * uy
+    vxy = _gauss(x * y, sigma, win) - ux * uy
+    cs = (2 * vxy + c2) / (vx + vy + c2)
+    lum = (2 * ux * uy + c1) / (ux * ux + uy * uy + c1)
+    crop = tuple(slice(win // 2, s - win // 2) for s in x.shape)
+    return float(np.mean((lum * cs)[crop])), float(np.mean(cs[crop]))
+
+
+def _avg_pool2(x: np.ndarray) -> np.ndarray:
+    """2x average pooling per axis; odd axes are zero-padded on both sides (as torch avg_pool, padding=1)."""
+    pads = [(s % 2, s % 2) for s in x.shape]
+    x = np.pad(x, pads)
+    sl = tuple(slice(0, (s // 2) * 2) for s in x.shape)
+    x = x[sl]
+    out = x
+    for ax in range(x.ndim):
+        out = np.add.reduceat(out, np.arange(0, out.shape[ax], 2), axis=ax)
+    return out / 2**x.ndim
+
+
+def ms_ssim_pair(x: np.ndarray, y: np.ndarray, data_range: float, win: int = 11, sigma: float = 1.5) -> float:
+    """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003) as pytorch-msssim computes it.
+
+    Five scales with the published weights; the last scale uses mean SSIM, the others mean
+    contrast-structure, each clipped at 0. Inputs whose smallest side would fall below the window
+    at the fifth scale use fewer scales with the leading weights renormalised (e.g. 4 for 128^3).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    levels = 5
+    while levels > 1 and min(x.shape) // 2 ** (levels - 1) < win:
+        levels -= 1
+    if min(x.shape) < win:
+        raise InputError(f"MS-SSIM needs every side >= {win}, got shape {x.shape}")
+    w = np.asarray(MS_SSIM_WEIGHTS[:levels])
+    w = w / w.sum()
+    vals = []
+    for lev in range(levels):
+        s, cs = ssim_terms(x, y, data_range, win, sigma)
+        vals.append(max(s if lev == levels - 1 else cs, 0.0))
+        if lev < levels - 1:
+            x, y = _avg_pool2(x), _avg_pool2(y)
+    return float(np.prod(np.asarray(vals) ** w))
+
+
+@register_metric(
+    "SSIM",
+    "Gaussian SSIM (11x11, sigma 1.5, K1 0.01, K2 0.03) of F with each source, summed or averaged",
+    "Wang, Bovik, Sheikh & Simoncelli 2004, IEEE TIP 13(4):600",
+    spatial_dims=(2, 3),
+)
+def ssim(a, b, f, data_range: float = 255.0, how: str = "sum", win: int = 11, sigma: float = 1.5) -> float:
+    """SSIM(A,F) and SSIM(B,F) combined by `how`."""
+    return combine(
+        ssim_terms(a, f, data_range, win, sigma)[0], ssim_terms(b, f, data_range, win, sigma)[0], how
+    )
+
+
+@register_metric(
+    "MS_SSIM",
+    "Multi-scale SSIM (5 scales, Wang 2003 weights) of F with each source, averaged",
+    "Wang, Simoncelli & Bovik 2003, Asilomar Conf. Signals Syst. Comput.",
+    spatial_dims=(2, 3),
+)
+def ms_ssim(a, b, f, data_range: float = 255.0, how: str = "mean") -> float:
+    """MS-SSIM(A,F) and MS-SSIM(B,F) combined by `how`."""
+    return combine(ms_ssim_pair(a, f, data_range), ms_ssim_pair(b, f, data_range), how)
+
+
+_SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+_SOBEL_Y = np.array([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]])
+
+
+def _sobel_strength_angle(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sobel edge strength and orientation atan(gy/gx) (pi/2 where gx = 0); zero padding."""
+    x = np.asarray(x, dtype=np.float64)
+    gx = ndimage.correlate(x, _SOBEL_X, mode="constant")
+    gy = ndimage.correlate(x, _SOBEL_Y, mode="constant")
+    g = np.hypot(gx, gy)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ang = np.where(gx == 0, np.pi / 2, np.arctan(gy / np.where(gx == 0, 1.0, gx)))
+    return g, ang
+
+
+def _edge_preservation(gs, angs, gf, angf) -> np.ndarray:
+    """Petrovic's Q^{SF} map: sigmoid-weighted strength and orientation preservation."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(gs > gf, gf / gs, gs / gf)
+    ratio = np.where((gs == 0) & (gf == 0), 0.0, ratio)
+    orient = 1.0 - np.abs(angs - angf) / (np.pi / 2)
+    qg = 0.9994 / (1.0 + np.exp(-15.0 * (ratio - 0.5)))
+    qa = 0.9879 / (1.0 + np.exp(-22.0 * (orient - 0.8)))
+    return qg * qa
+
+
+def _qabf_parts(a, b, f):
+    ga, aa = _sobel_strength_angle(a)
+    gb, ab = _sobel_strength_angle(b)
+    gf, af = _sobel_strength_angle(f)
+    den = float((ga + gb).sum())
+    if den == 0:
+        raise InputError("Qabf/Nabf undefined: both sources have no edges (constant images)")
+    return ga, gb, gf, _edge_preservation(ga, aa, gf, af), _edge_preservation(gb, ab, gf, af), den
+
+
+@register_metric(
+    "Qabf",
+    "Edge information transferred from A and B to F (Sobel strength and orientation), in [0, 1]",
+    "Xydeas & Petrovic 2000, Electron. Lett. 36(4):308",
+)
+def qabf(a, b, f) -> float:
+    """sum(Q^AF w_A + Q^BF w_B) / sum(w_A + w_B) with w = Sobel strength (L = 1)."""
+    ga, gb, _, qaf, qbf, den = _qabf_parts(a, b, f)
+    return float((qaf * ga + qbf * gb).sum() / den)
+
+
+@register_metric(
+    "Nabf",
+    "Fusion artefacts: edge loss where F's edges exceed both sources' (modified N^{AB/F}), lower better",
+    "Kumar 2013, Signal Image Video Process. 7(6):1125 (modified Petrovic & Xydeas 2005)",
+    higher_is_better=False,
+)
+def nabf(a, b, f) -> float:
+    """sum(AM [(1-Q^AF) w_A + (1-Q^BF) w_B]) / sum(w_A + w_B), AM = 1 where g_F > g_A and g_F > g_B."""
+    ga, gb, gf, qaf, qbf, den = _qabf_parts(a, b, f)
+    am = (gf > ga) & (gf > gb)
+    return float((am * ((1 - qaf) * ga + (1 - qbf) * gb)).sum() / den)
