@@ -28,7 +28,7 @@ class FusionMethod:
     fn: FuseFn
     kind: str = "classical"
     spatial_dims: tuple[int, ...] = (2, 3)
-    options: dict = field(default_factory=dict)
+    models: dict[int, str] = field(default_factory=dict)  # learned: spatial_dims -> registered model name
 
 
 _METHODS: dict[str, FusionMethod] = {}
@@ -36,14 +36,18 @@ _PROVIDERS = ("neurofuse.baselines", "neurofuse.models")
 
 
 def register_method(
-    name: str, description: str, kind: str = "classical", spatial_dims: tuple[int, ...] = (2, 3)
+    name: str,
+    description: str,
+    kind: str = "classical",
+    spatial_dims: tuple[int, ...] = (2, 3),
+    models: dict[int, str] | None = None,
 ) -> Callable[[FuseFn], FuseFn]:
-    """Decorator: register `fn` as fusion method `name`."""
+    """Decorator: register `fn` as fusion method `name` (`models`: the networks a learned method runs)."""
 
     def deco(fn: FuseFn) -> FuseFn:
         if name in _METHODS:
             raise ValueError(f"fusion method {name!r} registered twice")
-        _METHODS[name] = FusionMethod(name, description, fn, kind, spatial_dims)
+        _METHODS[name] = FusionMethod(name, description, fn, kind, spatial_dims, dict(models or {}))
         return fn
 
     return deco

@@ -53,18 +53,27 @@ def check_output(out: Path, spatial_dims: int, overwrite: bool) -> None:
         raise UsageError(f"{out}: output exists (use --overwrite to replace it)")
 
 
-def fuse_images(a: Image, b: Image, opts: FuseOptions, **method_options) -> np.ndarray:
-    """Fused array ready to write: 2D gray/RGB or 3D in [0, 1] on `a`'s grid."""
-    ya = normalize01(luma(a), opts.clip_percentiles)
-    yb = normalize01(luma(b), opts.clip_percentiles)
-    f = fuse(ya, yb, opts.method, **method_options)
+def fusion_inputs(a: Image, b: Image, clip_percentiles: tuple[float, float] | None = None):
+    """The two arrays a method fuses: gray/Y intensities, min-max scaled to [0, 1]."""
+    return normalize01(luma(a), clip_percentiles), normalize01(luma(b), clip_percentiles)
+
+
+def merge_colour(f: np.ndarray, a: Image, b: Image) -> np.ndarray:
+    """Fused Y in [0, 1] back to RGB with the Cb/Cr of the colour source; gray if neither is colour."""
     colour = b if b.is_color else a if a.is_color else None
-    if colour is None or opts.gray:
+    if colour is None:
         return f
     src = colour.array.astype(np.float64) * (255.0 / (2**colour.bit_depth - 1))
     ycc = rgb_to_ycbcr(src)
     ycc[..., 0] = f * 255.0
     return (ycbcr_to_rgb(ycc) / 255.0).astype(np.float32)
+
+
+def fuse_images(a: Image, b: Image, opts: FuseOptions, **method_options) -> np.ndarray:
+    """Fused array ready to write: 2D gray/RGB or 3D in [0, 1] on `a`'s grid."""
+    ya, yb = fusion_inputs(a, b, opts.clip_percentiles)
+    f = fuse(ya, yb, opts.method, **method_options)
+    return f if opts.gray else merge_colour(f, a, b)
 
 
 def fuse_files(path_a: str | Path, path_b: str | Path, out: str | Path, opts: FuseOptions, **method_options) -> Path:

@@ -1,0 +1,266 @@
+"""`neurofuse benchmark`: every method on one split, timed and measured by the same metrics.
+
+For a Harvard-layout pair folder (`MRI/`, one other modality folder, `split.csv`) it fuses every pair
+of the split with each method, times the fusion call alone (per-pair latency and throughput, after
+one untimed warm-up pair), computes the metrics in each preset and writes:
+- `per_image.csv`: method, id, preset, latency and every metric;
+- `summary_<preset>.csv` and `summary.md`: mean +- std per method, laid out like the paper's table
+  (PSNR, SSIM, FMI, FSIM, EN, then the rest), with parameters and timing;
+- `grid.png`: the same few pairs fused by every method (colour for SPECT/PET), and `bars.png`.
+Learned methods run with the shipped weights for the pair set (`pretrained=<folder name>`); a method
+without weights for it is skipped and listed as such.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageDraw
+from tqdm import tqdm
+
+from neurofuse.errors import InputError, UsageError
+from neurofuse.fusion import fuse, get_method, list_methods
+from neurofuse.io import atomic_write_path, read_image
+from neurofuse.metrics import compute_metrics
+from neurofuse.pipeline import fusion_inputs, merge_colour
+
+MAIN_METRICS = ("PSNR", "SSIM", "FMI", "FSIM", "EN")
+PRESETS = ("clinicalfmamba", "standard")
+
+
+@dataclass
+class MethodResult:
+    """Everything measured for one method."""
+
+    name: str
+    kind: str
+    params: int | None = None
+    latencies: list[float] = field(default_factory=list)
+    metrics: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # preset -> rows
+    skipped: str | None = None
+
+
+def split_pairs(root: str | Path, split: str) -> tuple[str, list[tuple[str, Path, Path]]]:
+    """(other modality name, [(id, mri path, other path)]) for one split of a Harvard pair folder."""
+    root = Path(root)
+    split_csv = root / "split.csv"
+    if not split_csv.is_file():
+        raise InputError(f"{split_csv}: split file not found (expected columns id,case,split)")
+    others = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "MRI")
+    if not (root / "MRI").is_dir() or len(others) != 1:
+        raise InputError(f"{root}: expected an MRI/ folder and exactly one other modality folder")
+    with open(split_csv, newline="") as fh:
+        ids = [r["id"] for r in csv.DictReader(fh) if split == "all" or r["split"] == split]
+    if not ids:
+        raise InputError(f"{split_csv}: no rows for split {split!r}")
+    ids.sort(key=lambda s: (len(s), s))
+    return others[0].name, [(i, root / "MRI" / f"{i}.png", others[0] / f"{i}.png") for i in ids]
+
+
+def resolve_methods(spec: str) -> list[str]:
+    """'all', 'classical', 'learned' or a comma-separated list of 2D method names."""
+    if spec in ("all", "classical", "learned"):
+        kind = None if spec == "all" else spec
+        return [m.name for m in list_methods(kind) if 2 in m.spatial_dims]
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    for n in names:
+        get_method(n)
+    return names
+
+
+def _count_params(method: str) -> int | None:
+    """Parameters of the 2D network a learned method runs (0 for classical methods)."""
+    m = get_method(method)
+    if m.kind == "classical":
+        return 0
+    if 2 not in m.models:
+        return None
+    from neurofuse.models import create_model
+
+    return sum(p.numel() for p in create_model(m.models[2]).parameters())
+
+
+def run_benchmark(
+    data: str | Path,
+    out: str | Path,
+    split: str = "val",
+    methods: str = "all",
+    limit: int | None = None,
+    grid_rows: int = 4,
+    presets: tuple[str, ...] = PRESETS,
+    method_options: dict | None = None,
+) -> list[MethodResult]:
+    """Run the benchmark and write its tables and figures into `out` (created)."""
+    data, out = Path(data), Path(out)
+    modality, pairs = split_pairs(data, split)
+    if limit is not None:
+        pairs = pairs[:limit]
+    out.mkdir(parents=True, exist_ok=True)
+    tag = data.name.lower()
+    names = resolve_methods(methods)
+    images = [(i, read_image(pa), read_image(pb)) for i, pa, pb in pairs]
+    inputs = [fusion_inputs(a, b) for _, a, b in images]
+    grid_idx = np.linspace(0, len(images) - 1, min(grid_rows, len(images))).round().astype(int).tolist()
+    grid: dict[str, list[np.ndarray]] = {}
+    results: list[MethodResult] = []
+    bar = tqdm(total=len(names) * len(images), desc="benchmark", unit="pair")
+    for name in names:
+        m = get_method(name)
+        res = MethodResult(name, m.kind)
+        opts = {} if m.kind == "classical" else {"pretrained": tag, **(method_options or {})}
+        try:
+            fuse(*inputs[0], name, **opts)  # warm-up (also loads weights), not timed
+        except UsageError as exc:
+            res.skipped = str(exc)
+            results.append(res)
+            bar.update(len(images))
+            continue
+        res.params = _count_params(name)
+        res.metrics = {p: [] for p in presets}
+        bar.set_postfix_str(name)
+        for k, ((id_, a_img, b_img), (ya, yb)) in enumerate(zip(images, inputs, strict=True)):
+            t0 = time.perf_counter()
+            f = fuse(ya, yb, name, **opts)
+            res.latencies.append(time.perf_counter() - t0)
+            for p in presets:
+                res.metrics[p].append({"id": id_, **compute_metrics(ya, yb, f, preset=p)})
+            if k in grid_idx:
+                grid.setdefault(name, []).append(merge_colour(f, a_img, b_img))
+            bar.update(1)
+        results.append(res)
+    bar.close()
+    _write_per_image(out / "per_image.csv", results)
+    for p in presets:
+        _write_summary_csv(out / f"summary_{p}.csv", results, p)
+    _write_markdown(out / "summary.md", results, presets, data, split, len(images))
+    sources = [
+        [merge_colour(inputs[k][0], images[k][1], images[k][1]) for k in grid_idx],
+        [merge_colour(inputs[k][1], images[k][1], images[k][2]) for k in grid_idx],
+    ]
+    write_grid(out / "grid.png", ["MRI", modality] + list(grid), sources + list(grid.values()))
+    _write_bars(out / "bars.png", results, presets[0])
+    return results
+
+
+def metric_columns(results: list[MethodResult], preset: str) -> list[str]:
+    """Metric names in table order: the paper's five first, then the rest as computed."""
+    seen: list[str] = []
+    for r in results:
+        for row in r.metrics.get(preset, [])[:1]:
+            seen += [k for k in row if k != "id" and k not in seen]
+    return [m for m in MAIN_METRICS if m in seen] + [m for m in seen if m not in MAIN_METRICS]
+
+
+def _stats(r: MethodResult, preset: str, metric: str) -> tuple[float, float]:
+    vals = np.array([row[metric] for row in r.metrics[preset]], dtype=np.float64)
+    return float(vals.mean()), float(vals.std())
+
+
+def _timing(r: MethodResult) -> tuple[float, float]:
+    lat = np.array(r.latencies)
+    return float(np.median(lat) * 1000.0), float(len(lat) / lat.sum())
+
+
+def _write_per_image(path: Path, results: list[MethodResult]) -> None:
+    rows = []
+    for r in results:
+        for p, prow in r.metrics.items():
+            for lat, row in zip(r.latencies, prow, strict=True):
+                rows.append({"method": r.name, "preset": p, "latency_ms": lat * 1000.0, **row})
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    with atomic_write_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _write_summary_csv(path: Path, results: list[MethodResult], preset: str) -> None:
+    cols = metric_columns(results, preset)
+    with atomic_write_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            ["method", "kind", "params", "latency_ms", "pairs_per_s", "n"]
+            + [f"{c}_{s}" for c in cols for s in ("mean", "std")]
+        )
+        for r in results:
+            if r.skipped:
+                continue
+            lat, thr = _timing(r)
+            stats = [v for c in cols for v in _stats(r, preset, c)]
+            w.writerow(
+                [r.name, r.kind, r.params, f"{lat:.3f}", f"{thr:.3f}", len(r.latencies)] + [f"{v:.6g}" for v in stats]
+            )
+
+
+def _write_markdown(path: Path, results, presets, data: Path, split: str, n: int) -> None:
+    lines = [f"# Benchmark: {data.name}, split `{split}` ({n} pairs)", ""]
+    for p in presets:
+        cols = metric_columns(results, p)
+        lines += [
+            f"## Preset `{p}` (mean ± std over pairs)",
+            "",
+            "| method | " + " | ".join(cols) + " | params | latency (ms) | pairs/s |",
+            "|---" * (len(cols) + 4) + "|",
+        ]
+        for r in results:
+            if r.skipped:
+                continue
+            lat, thr = _timing(r)
+            cells = [f"{m:.4g} ± {s:.2g}" for m, s in (_stats(r, p, c) for c in cols)]
+            params = "-" if r.params is None else f"{r.params:,}"
+            lines.append(f"| {r.name} | " + " | ".join(cells) + f" | {params} | {lat:.2f} | {thr:.1f} |")
+        lines.append("")
+    skipped = [r for r in results if r.skipped]
+    if skipped:
+        lines += ["Skipped:", ""] + [f"- `{r.name}`: {r.skipped}" for r in skipped] + [""]
+    lines.append("Latency: median wall time of the fusion call alone on [0, 1] arrays (no I/O), this machine.")
+    with atomic_write_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def write_grid(path: Path, titles: list[str], columns: list[list[np.ndarray]], header: int = 18, pad: int = 4) -> None:
+    """A PNG grid: one column per title, one row per pair; gray or RGB cells in [0, 1] of one size."""
+    h, w = columns[0][0].shape[:2]
+    rows = len(columns[0])
+    W = len(columns) * w + (len(columns) - 1) * pad
+    H = header + rows * h + (rows - 1) * pad
+    canvas = PILImage.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, (title, cells) in enumerate(zip(titles, columns, strict=True)):
+        x = c * (w + pad)
+        draw.text((x + 2, 2), title[: max(4, w // 7)], fill="black")
+        for r, cell in enumerate(cells):
+            rgb = np.repeat(cell[..., None], 3, -1) if cell.ndim == 2 else cell
+            canvas.paste(
+                PILImage.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)), (x, header + r * (h + pad))
+            )
+    with atomic_write_path(path) as tmp:
+        canvas.save(tmp)
+
+
+def _write_bars(path: Path, results: list[MethodResult], preset: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in results if not r.skipped]
+    cols = [c for c in MAIN_METRICS if c in metric_columns(done, preset)]
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 3.6), squeeze=False)
+    for ax, c in zip(axes[0], cols, strict=True):
+        means, stds = zip(*(_stats(r, preset, c) for r in done), strict=True)
+        ax.bar(range(len(done)), means, yerr=stds, color=["C1" if r.kind == "learned" else "C0" for r in done])
+        ax.set_xticks(range(len(done)), [r.name for r in done], rotation=60, ha="right", fontsize=7)
+        ax.set_title(c)
+    fig.suptitle(f"preset {preset}: mean ± std (orange: learned)")
+    fig.tight_layout()
+    with atomic_write_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)

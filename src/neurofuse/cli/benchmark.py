@@ -1,0 +1,36 @@
+"""`neurofuse benchmark`: every method on one split, timed, measured in both metric presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from neurofuse.benchmark import PRESETS, run_benchmark
+from neurofuse.cli.app import main
+
+
+@main.command("benchmark")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Pair folder (MRI/, other/, split.csv).")
+@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val", "all"]))
+@click.option("--methods", default="all", show_default=True, help="all | classical | learned | comma list.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output folder (created).")
+@click.option("--limit", type=int, default=None, help="Only the first N pairs of the split.")
+@click.option("--grid-rows", type=int, default=4, show_default=True, help="Pairs shown in grid.png.")
+@click.option("--preset", "presets", multiple=True, default=PRESETS, show_default=True, help="Metric presets.")
+@click.option("--device", default="cpu", show_default=True, help="Device for learned methods.")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]))
+def benchmark_cmd(data, split, methods, out, limit, grid_rows, presets, device, precision):
+    """Run METHODS on a split of a Harvard-layout pair folder; write CSV/Markdown tables and PNG figures."""
+    results = run_benchmark(
+        data,
+        out,
+        split=split,
+        methods=methods,
+        limit=limit,
+        grid_rows=grid_rows,
+        presets=tuple(presets),
+        method_options={"device": device, "precision": precision},
+    )
+    ran = [r.name for r in results if not r.skipped]
+    click.echo(f"{len(ran)} methods measured, {len(results) - len(ran)} skipped -> {out}/summary.md")
