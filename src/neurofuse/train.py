@@ -481,7 +481,7 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             step += 1
-            loss_value = float(loss)
+            loss_value = loss.item()
             for k, v in {"loss": loss_value, **terms}.items():
                 acc[k] = acc.get(k, 0.0) + float(v)
             acc_n += 1
@@ -503,6 +503,9 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
             checkpoint()
         if stopped != "done":
             break
+    if world > 1:  # DDP syncs buffers (BatchNorm statistics) before each forward; align the final ones too
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
     if stopped == "done" and step < total_steps:
         stopped = "max_steps"
     return TrainResult(out=out, step=step, total_steps=total_steps, stopped=stopped, best_val_loss=best, model=model)
