@@ -1,6 +1,7 @@
 """Seconds per pair per metric: N average-fused Harvard SPECT-MRI val pairs (256x256) and one 128^3 volume.
 
-Usage: python benchmarks/metrics.py [--n 100] [--preset standard] [--volume-metrics all]
+Usage: python benchmarks/metrics.py [--n 100] [--preset standard] [--no-volume]
+       python benchmarks/metrics.py --table   (all metrics, whole val split, both presets: mean +- std)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neurofuse.evaluate import load01
+from neurofuse.evaluate import load01, summarize, summary_markdown
 from neurofuse.metrics import compute_metrics
 from neurofuse.metrics.presets import ALL_2D, ALL_3D
 
@@ -20,10 +21,12 @@ DATA = Path(__file__).resolve().parents[1] / "../shared/data"
 
 
 def val_pairs(n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The first n SPECT-MRI validation pairs (MRI gray, SPECT Y) in [0, 1], cycling if n > split size."""
+    """The first n SPECT-MRI validation pairs (MRI gray, SPECT Y) in [0, 1], cycling if n > split size (0: all)."""
     root = DATA / "harvard/SPECT-MRI"
     with open(root / "split.csv") as fh:
         ids = [r["id"] for r in csv.DictReader(fh) if r["split"] == "val"]
+    if n <= 0:
+        n = len(ids)
     pairs = [(load01(root / "MRI" / f"{i}.png"), load01(root / "SPECT" / f"{i}.png")) for i in ids]
     return [pairs[k % len(pairs)] for k in range(n)]
 
@@ -57,7 +60,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="number of 256x256 pairs")
     ap.add_argument("--preset", default="standard")
     ap.add_argument("--no-volume", action="store_true", help="skip the 128^3 volume")
+    ap.add_argument("--table", action="store_true", help="print the metric table of the whole val split instead")
     args = ap.parse_args()
+    if args.table:
+        pairs = val_pairs(0)
+        for preset in ("standard", "clinicalfmamba"):
+            rows = [compute_metrics(a, b, 0.5 * (a + b), ALL_2D, preset) for a, b in pairs]
+            title = f"average fusion, Harvard SPECT-MRI val ({len(pairs)} pairs), preset {preset}"
+            print(summary_markdown(summarize(rows), title))
+        return
     pairs = val_pairs(args.n)
     compute_metrics(*pairs[0], 0.5 * (pairs[0][0] + pairs[0][1]), ALL_2D, args.preset)  # warm-up (numba, FFT plans)
     t2d = time_metrics(pairs, ALL_2D, args.preset)
