@@ -150,6 +150,9 @@ def test_cosine_schedule_and_config_errors(tmp_path):
     bad.write_text("model: m\ndata: d\nlearning_rate: 3\n")
     with pytest.raises(UsageError, match="learning_rate"):
         TrainConfig.from_yaml(bad)
+    bad.write_text("model: m\ndata: d\nepochs: many\n")
+    with pytest.raises(UsageError, match="epochs"):
+        TrainConfig.from_yaml(bad)
     with pytest.raises(UsageError, match="precision"):
         TrainConfig(data="d", precision="fp8").validate()
 
@@ -158,9 +161,10 @@ def test_cli_config_then_flags(tmp_path):
     from neurofuse.cli.train import resolve_config  # imported here: DDP workers re-import this module
 
     path = tmp_path / "c.yaml"
-    path.write_text("model: clinicalfmamba_2d\ndata: some/where\nout: runs/x\ncrop: 96\nbatch_size: 8\n")
+    path.write_text("model: clinicalfmamba_2d\ndata: some/where\nout: runs/x\ncrop: 96\nbatch_size: 8\nmin_lr: 1e-5\n")
     cfg = resolve_config(str(path), False, {"crop": 64, "lr": None, "out": str(tmp_path / "run")})
-    assert (cfg.crop, cfg.batch_size, cfg.lr, cfg.out) == (64, 8, 1e-4, str(tmp_path / "run"))
+    assert (cfg.crop, cfg.batch_size, cfg.lr, cfg.min_lr) == (64, 8, 1e-4, 1e-5)
+    assert cfg.out == str(tmp_path / "run")
     (tmp_path / "run").mkdir()
     (tmp_path / "run/config.yaml").write_text("model: m\ndata: d\ncrop: 48\n")
     resumed = resolve_config(None, True, {"out": str(tmp_path / "run"), "max_steps": 9})
@@ -206,8 +210,19 @@ def test_tiny_clinicalfmamba_via_cli(pairs, tmp_path):
 
     out, ship = tmp_path / "cfm", tmp_path / "cfm16.safetensors"
     args = ["train", "--model", "clinicalfmamba_2d_tiny", "--data", str(pairs), "--out", str(out), "--epochs", "1",
-            "--batch-size", "2", "--crop", "32", "--max-steps", "2", "--threads", "1", "--export-fp16", str(ship)]
+            "--batch-size", "2", "--crop", "32", "--max-steps", "2", "--threads", "1", "--precision", "fp32",
+            "--export-fp16", str(ship)]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert "step 2/4" in res.output
     assert all(v.dtype == torch.float16 for v in load_file(str(ship)).values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    from neurofuse.models import list_models
+
+    cfg = TrainConfig.from_yaml(path)
+    assert cfg.model in list_models()
+    assert cfg.out.startswith("runs/") and cfg.data.startswith("../shared/data/")

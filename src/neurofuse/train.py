@@ -98,9 +98,19 @@ class TrainConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise UsageError(f"{source}: unknown training option(s) {', '.join(unknown)}")
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
         values = dict(values)
-        if values.get("betas") is not None:
-            values["betas"] = tuple(float(x) for x in values["betas"])
+        try:
+            if values.get("betas") is not None:
+                values["betas"] = tuple(float(x) for x in values["betas"])
+            for key, value in values.items():  # YAML reads `1e-4` as a string; numbers may come as strings
+                if isinstance(value, str | int) and not isinstance(value, bool):
+                    if types[key].startswith("float"):
+                        values[key] = float(value)
+                    elif types[key].startswith("int"):
+                        values[key] = int(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{source}: option {key!r} has a value of the wrong type") from None
         cfg = cls(**values)
         cfg.validate(source)
         return cfg
