@@ -20,16 +20,15 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from neurofuse.errors import InputError
+from neurofuse.io import Image, atomic_write_path, read_image
 
 MODALITIES = ("t1", "t1ce", "t2", "flair", "seg")
 GRADES = ("HGG", "LGG")
@@ -143,15 +142,12 @@ def discover(root: str | Path, require: Sequence[str] = ()) -> list[BratsCase]:
     return out
 
 
-def load_volume(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """A NIfTI volume as float32 (voxel order i, j, k) and its image (affine and header)."""
-    try:
-        img = nib.load(str(path))
-        arr = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as exc:  # nibabel raises many types for a damaged file
-        raise InputError(f"{path}: cannot read NIfTI volume ({exc})") from exc
-    if arr.ndim != 3:
-        raise InputError(f"{path}: expected a 3D volume, got shape {arr.shape}")
+def load_volume(path: Path) -> tuple[np.ndarray, Image]:
+    """A NIfTI volume as float32 (voxel order i, j, k, scaling applied) and its Image (geometry)."""
+    img = read_image(path)
+    if img.array.ndim != 3:
+        raise InputError(f"{path}: expected a 3D volume, got shape {img.array.shape}")
+    arr = np.asarray(img.array, dtype=np.float32)
     if not np.all(np.isfinite(arr)):
         raise InputError(f"{path}: contains NaN or Inf values")
     return arr, img
@@ -295,14 +291,8 @@ def cache_key(case: BratsCase, settings: dict) -> str:
 
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
 
 
 def load_preprocessed(case: BratsCase, cfg: PreprocessConfig, cache_dir: str | Path | None = None
@@ -332,24 +322,3 @@ def cached_array(case: BratsCase, settings: dict, cache_dir: str | Path | None, 
     _save_npz_atomic(path, {"array": arr})
     return arr
 
-
-def save_nifti(path: Path, array: np.ndarray, reference: nib.Nifti1Image | None = None,
-               affine: np.ndarray | None = None) -> None:
-    """Write `array` as NIfTI atomically (temp file, then rename) with the reference's affine and header."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if reference is not None:
-        header = reference.header.copy()
-        header.set_data_dtype(array.dtype)
-        img = nib.Nifti1Image(array, reference.affine, header)
-    else:
-        img = nib.Nifti1Image(array, np.eye(4) if affine is None else affine)
-    img.header.set_data_dtype(array.dtype)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

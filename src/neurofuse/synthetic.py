@@ -7,9 +7,11 @@ The grade changes only two latent attributes, each drawn per case as
 
     a_m = effect * (y - 1/2) + N(0, 1),    y = 1 for HGG, 0 for LGG,
 
-so `effect` is Cohen's d of each attribute between grades. `a_t2` sets the T2 intensity of the lesion
-core (visible in T2 only: the FLAIR core is fluid-suppressed), `a_flair` sets the FLAIR intensity of the
-oedema (its T2 intensity does not depend on grade). The two are independent, so the grade information
+so `effect` is Cohen's d of each attribute between grades. `a_t2` sets the size of the necrotic core
+(radius fraction of the tumour core; T2-bright, but iso to the rim in FLAIR, so visible in T2 only);
+`a_flair` sets the width of a non-enhancing infiltration halo around the oedema that is hyperintense in
+FLAIR only (T2 sees normal tissue there). Sizes rather than intensities carry the signal so that
+per-volume intensity normalisation cannot move it. The two are independent, so the grade information
 is split between T2 and FLAIR: an ideal reader of one attribute reaches AUC = Phi(d / sqrt 2), one
 reading both AUC = Phi(d) (0.76 vs 0.84 at d = 1), which is what makes stacking or fusion able to help.
 Lesion size, place, brain shape, intensity gain, texture and noise are nuisances independent of grade.
@@ -22,8 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,8 +32,8 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from neurofuse.brats import save_nifti
 from neurofuse.errors import InputError, UsageError
+from neurofuse.io import Image, atomic_write_path, write_volume_like
 
 # Tissue intensities (arbitrary units, before gain/noise): t1, t1ce, t2, flair.
 _TISSUE = {
@@ -40,12 +41,13 @@ _TISSUE = {
     "gm": (0.55, 0.58, 0.50, 0.55),
     "csf": (0.20, 0.20, 1.00, 0.15),
     "oedema": (0.50, 0.52, 0.75, 0.80),
-    "rim": (0.45, 1.00, 0.60, 0.70),
-    "core": (0.30, 0.30, 0.70, 0.30),
+    "rim": (0.45, 1.00, 0.55, 0.70),
+    "core": (0.30, 0.30, 0.95, 0.70),  # necrosis: T2-bright, FLAIR like the rim (invisible there)
+    "halo_flair": 0.66,  # infiltration halo: FLAIR only; T2/T1 see normal tissue
 }
 _IMAGE_MODS = ("t1", "t1ce", "t2", "flair")
-T2_CORE_PER_SD = 0.08  # T2 lesion-core intensity change per SD of a_t2
-FLAIR_OEDEMA_PER_SD = 0.06  # FLAIR oedema intensity change per SD of a_flair
+NECROSIS_BASE, NECROSIS_PER_SD = 0.55, 0.12  # necrosis radius / core radius = base + per_sd * a_t2
+HALO_BASE, HALO_PER_SD = 0.35, 0.15  # FLAIR halo width / oedema radius = base + per_sd * a_flair
 TRAINING_DIR = "MICCAI_BraTS_2019_Data_Training"
 
 
@@ -56,7 +58,7 @@ class SynthConfig:
     Args:
         cases: number of cases.
         size: edge of the cubic volumes (voxels).
-        effect: Cohen's d of each grade attribute (T2 core, FLAIR oedema) between HGG and LGG.
+        effect: Cohen's d of each grade attribute (T2 necrosis, FLAIR halo) between HGG and LGG.
         seed: random seed; the same config always gives the same cohort.
         hgg_fraction: share of HGG cases (rounded).
         shuffle_labels: write a random permutation of the grades (null cohort).
@@ -123,18 +125,20 @@ def make_case(rng: np.random.Generator, cfg: SynthConfig, hgg: bool) -> tuple[di
             break
     u[0] = np.sign(u[0] or 1.0) * max(abs(u[0]), 0.35)
     lc = centre + 0.55 * u * axes
-    r_core = rng.uniform(0.06, 0.10)
-    r_oedema = r_core * rng.uniform(1.5, 2.0)
-    wobble = _smooth_noise(rng, (n, n, n), sigma=n / 12)
-    oedema = _blob(grid, lc, r_oedema, wobble) & brain
-    rim = _blob(grid, lc, r_core, wobble) & brain
-    core = _blob(grid, lc, 0.7 * r_core, wobble) & brain
-
     y = 1.0 if hgg else 0.0
     a_t2 = cfg.effect * (y - 0.5) + rng.standard_normal()
     a_flair = cfg.effect * (y - 0.5) + rng.standard_normal()
+    r_core = rng.uniform(0.07, 0.11)
+    r_oedema = 1.5 * r_core
+    necrosis_frac = float(np.clip(NECROSIS_BASE + NECROSIS_PER_SD * a_t2, 0.1, 0.9))
+    halo_frac = float(np.clip(HALO_BASE + HALO_PER_SD * a_flair, 0.0, 1.0))
+    wobble = _smooth_noise(rng, (n, n, n), sigma=n / 12)
+    halo = _blob(grid, lc, r_oedema * (1.0 + halo_frac), wobble) & brain
+    oedema = _blob(grid, lc, r_oedema, wobble) & brain
+    rim = _blob(grid, lc, r_core, wobble) & brain
+    core = _blob(grid, lc, necrosis_frac * r_core, wobble) & brain
     labels = np.zeros((n, n, n), dtype=np.uint8)
-    labels[oedema] = 2
+    labels[halo | oedema] = 2
     labels[rim] = 4
     labels[core] = 1
 
@@ -144,9 +148,11 @@ def make_case(rng: np.random.Generator, cfg: SynthConfig, hgg: bool) -> tuple[di
         vol = np.full((n, n, n), _TISSUE["gm"][m], dtype=np.float32)
         vol[wm] = _TISSUE["wm"][m]
         vol[vent] = _TISSUE["csf"][m]
-        vol[oedema] = _TISSUE["oedema"][m] + (FLAIR_OEDEMA_PER_SD * a_flair if mod == "flair" else 0.0)
+        if mod == "flair":
+            vol[halo] = _TISSUE["halo_flair"]
+        vol[oedema] = _TISSUE["oedema"][m]
         vol[rim] = _TISSUE["rim"][m]
-        vol[core] = _TISSUE["core"][m] + (T2_CORE_PER_SD * a_t2 if mod == "t2" else 0.0)
+        vol[core] = _TISSUE["core"][m]
         vol = ndimage.gaussian_filter(vol, 0.6)  # partial volume at tissue borders
         vol *= 1.0 + 0.04 * texture
         sd = cfg.noise * _TISSUE["wm"][2]
@@ -155,22 +161,25 @@ def make_case(rng: np.random.Generator, cfg: SynthConfig, hgg: bool) -> tuple[di
         vol[~brain] = 0.0
         images[mod] = vol.astype(np.float32)
     images["seg"] = labels
-    return images, {"a_t2": float(a_t2), "a_flair": float(a_flair)}
+    return images, {"a_t2": float(a_t2), "a_flair": float(a_flair), "necrosis_fraction": necrosis_frac,
+                    "halo_fraction": halo_frac}
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    with atomic_write_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_cohort(out: str | Path, cfg: SynthConfig, overwrite: bool = False, progress: bool = True) -> Path:
     """Write a synthetic cohort under `out/MICCAI_BraTS_2019_Data_Training/` (HGG/LGG folders, int16
     images, uint8 seg, name_mapping.csv, synthetic.json with the ground truth); returns that folder."""
     root = Path(out) / TRAINING_DIR
-    if root.exists() and any(root.iterdir()) and not overwrite:
-        raise UsageError(f"{root}: already exists (use --overwrite)")
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{root}: already exists (use --overwrite)")
+        if not (root / "synthetic.json").is_file():
+            raise UsageError(f"{root}: not a synthetic cohort (no synthetic.json); refusing to overwrite it")
+        shutil.rmtree(root)
     rng = np.random.default_rng(cfg.seed)
     n_hgg = int(round(cfg.hgg_fraction * cfg.cases))
     true = np.array([1] * n_hgg + [0] * (cfg.cases - n_hgg))
@@ -184,9 +193,11 @@ def write_cohort(out: str | Path, cfg: SynthConfig, overwrite: bool = False, pro
         grade = "HGG" if shown[i] else "LGG"
         vols, attrs = make_case(rng, cfg, hgg=bool(true[i]))
         folder = root / grade / cid
+        folder.mkdir(parents=True, exist_ok=True)
         for mod, vol in vols.items():
             arr = vol if mod == "seg" else np.round(vol).astype(np.int16)
-            save_nifti(folder / f"{cid}_{mod}.nii.gz", arr, affine=affine)
+            path = folder / f"{cid}_{mod}.nii.gz"
+            write_volume_like(path, Image(arr, path, "nifti", affine=affine), overwrite=True)
         records.append({"id": cid, "grade": grade, "true_grade": "HGG" if true[i] else "LGG", **attrs})
     rows = "".join(f"{r['grade']},{r['id']}\n" for r in records)
     _write_text_atomic(root / "name_mapping.csv", "Grade,BraTS_2019_subject_ID\n" + rows)
@@ -194,7 +205,8 @@ def write_cohort(out: str | Path, cfg: SynthConfig, overwrite: bool = False, pro
         "config": asdict(cfg),
         "ideal_auc": {"t2": ideal_auc(cfg.effect, 1), "flair": ideal_auc(cfg.effect, 1),
                       "both": ideal_auc(cfg.effect, 2)},
-        "intensity_per_sd": {"t2_core": T2_CORE_PER_SD, "flair_oedema": FLAIR_OEDEMA_PER_SD},
+        "attributes": {"necrosis_fraction": [NECROSIS_BASE, NECROSIS_PER_SD],
+                       "halo_fraction": [HALO_BASE, HALO_PER_SD]},
         "cases": records,
     }
     _write_text_atomic(root / "synthetic.json", json.dumps(meta, indent=1) + "\n")

@@ -1,0 +1,112 @@
+"""`neurofuse fuse-brats` (fuse T2 and FLAIR of every BraTS case) and `neurofuse synth-brats` (synthetic
+graded cohort in the BraTS 2019 layout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from neurofuse.brats import BratsCase, discover, load_volume, normalize_volume
+from neurofuse.cli.app import main
+from neurofuse.errors import NeurofuseError, UsageError
+from neurofuse.fusion import fuse, get_method
+from neurofuse.io import write_image
+from neurofuse.synthetic import SynthConfig, write_cohort
+
+
+def fuse_slices(t2: np.ndarray, flair: np.ndarray, method: str) -> np.ndarray:
+    """Fuse two volumes axial slice by axial slice (third axis) with a 2D method.
+
+    Slices where both inputs are constant (outside the brain) stay 0; where only one is, the fused slice
+    is the other one (nothing to fuse it with).
+    """
+    out = np.zeros_like(t2)
+    for k in range(t2.shape[2]):
+        a, b = t2[:, :, k], flair[:, :, k]
+        flat_a, flat_b = a.max() == a.min(), b.max() == b.min()
+        if flat_a and flat_b:
+            continue
+        out[:, :, k] = b if flat_a else a if flat_b else fuse(a, b, method)
+    return out
+
+
+def output_paths(out: Path, case: BratsCase, method: str, dims: tuple[int, ...]) -> dict[int, Path]:
+    """OUT/<ID>/<ID>_fused-<method>-<d>d.nii.gz for each requested dims."""
+    return {d: out / case.id / f"{case.id}_fused-{method}-{d}d.nii.gz" for d in dims}
+
+
+def fuse_case(case: BratsCase, targets: dict[int, Path], method: str,
+              clip_percentiles: tuple[float, float] | None, overwrite: bool) -> None:
+    """Normalise T2 and FLAIR to [0, 1] (brain voxels) and write their 2D and/or 3D fusion with T2's geometry."""
+    t2, t2_img = load_volume(case.path("t2"))
+    flair, _ = load_volume(case.path("flair"))
+    if t2.shape != flair.shape:
+        raise UsageError(f"{case.path('flair')}: shape {flair.shape} differs from T2 {t2.shape}")
+    a, b = normalize_volume(t2, clip_percentiles), normalize_volume(flair, clip_percentiles)
+    for d, path in targets.items():
+        fused = fuse_slices(a, b, method) if d == 2 else fuse(a, b, method)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_image(path, fused, reference=t2_img, overwrite=overwrite)
+
+
+@main.command("fuse-brats")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Output folder (one sub-folder per case).")
+@click.option("--method", required=True, help="Fusion method (see `neurofuse methods`).")
+@click.option("--dims", type=click.Choice(["2", "3", "both"]), default="3", show_default=True,
+              help="2: fuse axial slices with a 2D method; 3: fuse the volume; both.")
+@click.option("--clip-percentiles", nargs=2, type=float, default=(0.5, 99.5), show_default=True,
+              help="Brain intensity percentiles mapped to 0 and 1 before fusion.")
+@click.option("--overwrite", is_flag=True, help="Recompute outputs that already exist (default: skip them).")
+def fuse_brats(root: Path, out: Path, method: str, dims: str, clip_percentiles: tuple[float, float],
+               overwrite: bool) -> None:
+    """Fuse T2 and FLAIR of every BraTS case under ROOT (any layout level); resumable.
+
+    Writes OUT/<ID>/<ID>_fused-<METHOD>-<2|3>d.nii.gz with the T2 volume's affine and header; cases whose
+    outputs exist are skipped unless --overwrite. A failing case is reported and the rest go on.
+    """
+    dim_list = (2, 3) if dims == "both" else (int(dims),)
+    m = get_method(method)
+    for d in dim_list:
+        if d not in m.spatial_dims:
+            raise UsageError(f"method {method!r} supports {m.spatial_dims}D input, not --dims {d}")
+    cases = discover(root, require=("t2", "flair"))
+    out.mkdir(parents=True, exist_ok=True)
+    done, skipped, failed = 0, 0, []
+    for case in tqdm(cases, desc=f"fuse-brats {method}", unit="case"):
+        targets = output_paths(out, case, method, dim_list)
+        todo = targets if overwrite else {d: p for d, p in targets.items() if not p.exists()}
+        if not todo:
+            skipped += 1
+            continue
+        try:
+            fuse_case(case, todo, method, clip_percentiles, overwrite)
+            done += 1
+        except NeurofuseError as exc:
+            failed.append(f"{case.id}: {exc}")
+    for line in failed:
+        click.echo(f"failed {line}", err=True)
+    click.echo(f"fuse-brats: {done} done, {skipped} skipped, {len(failed)} failed -> {out}")
+    if failed:
+        raise SystemExit(1)
+
+
+@main.command("synth-brats")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--cases", default=60, show_default=True, help="Number of cases.")
+@click.option("--size", default=64, show_default=True, help="Volume edge in voxels.")
+@click.option("--effect", default=1.0, show_default=True, help="Cohen's d of each grade attribute.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--hgg-fraction", default=0.5, show_default=True, help="Share of HGG cases.")
+@click.option("--shuffle-labels", is_flag=True, help="Write permuted grades (a null cohort).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing synthetic cohort in OUT.")
+def synth_brats(out: Path, cases: int, size: int, effect: float, seed: int, hgg_fraction: float,
+                shuffle_labels: bool, overwrite: bool) -> None:
+    """Write a synthetic graded glioma cohort to OUT/MICCAI_BraTS_2019_Data_Training (BraTS 2019 layout)."""
+    cfg = SynthConfig(cases, size, effect, seed, hgg_fraction, shuffle_labels)
+    root = write_cohort(out, cfg, overwrite=overwrite)
+    click.echo(f"synth-brats: {cases} cases ({size}^3, effect {effect}) -> {root}")
