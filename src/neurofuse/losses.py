@@ -1,0 +1,144 @@
+"""ClinicalFMamba training losses (2D and 3D) and a differentiable Gaussian SSIM for 2D/3D tensors.
+
+2D:  2 * L1(F, max(A, B)) + 10 * ||Sobel|F| - max(Sobel|A|, Sobel|B|)|| + 5 * (1 - (SSIM(A,F) + SSIM(B,F)) / 2)
+     with Sobel magnitude |Gx| + |Gy| and the gradient norm L1 (release) or L2 (slides).
+3D:  2 * L1(F, max(A, B)) + 10 * G3 + 1 * (1 - (SSIM3D(A,F) + SSIM3D(B,F)) / 2), G3 the mean squared
+     difference of signed slice-wise Sobel responses of F and the voxel-wise max of the sources'
+     responses, over the axial, coronal and sagittal planes.
+SSIM: Gaussian window 11 (11^3 in 3D), sigma 1.5, C1 = (0.01 R)^2, C2 = (0.03 R)^2, valid region only.
+All tensors are (N, C, *S) with values in [0, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_SOBEL_SMOOTH = (1.0, 2.0, 1.0)
+_SOBEL_DIFF = (-1.0, 0.0, 1.0)
+
+
+def _gauss1d(size: int, sigma: float, device, dtype) -> torch.Tensor:
+    x = torch.arange(size, device=device, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return (g / g.sum()).to(dtype)
+
+
+def _separable(x: torch.Tensor, kernels: list[torch.Tensor | None], padding: str = "valid") -> torch.Tensor:
+    """Apply a 1D kernel along each spatial axis (None: skip) of x (N, C, *S), channel-wise.
+
+    padding "valid" shrinks each filtered axis; "replicate" keeps the size.
+    """
+    nd = x.dim() - 2
+    n, c = x.shape[:2]
+    y = x.reshape(n * c, 1, *x.shape[2:])
+    conv = {2: F.conv2d, 3: F.conv3d}[nd]
+    for axis, k in enumerate(kernels):
+        if k is None:
+            continue
+        shape = [1] * nd
+        shape[axis] = k.numel()
+        if padding == "replicate":
+            pad = [0] * (2 * nd)
+            half = k.numel() // 2
+            pad[2 * (nd - 1 - axis)] = pad[2 * (nd - 1 - axis) + 1] = half
+            y = F.pad(y, pad, mode="replicate")
+        y = conv(y, k.view(1, 1, *shape))
+    return y.reshape(n, c, *y.shape[2:])
+
+
+def ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    spatial_dims: int,
+    window: int = 11,
+    sigma: float = 1.5,
+    data_range: float = 1.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Gaussian SSIM of x and y (N, C, *S) over the valid region: a scalar ("mean") or per item (N,).
+
+    The window shrinks to the largest odd size that fits when an input is smaller than `window`.
+    """
+    if x.shape != y.shape or x.dim() != spatial_dims + 2:
+        raise ValueError(f"ssim: expected two (N, C, *S) tensors with {spatial_dims} spatial dims, "
+                         f"got {tuple(x.shape)} and {tuple(y.shape)}")
+    x, y = x.float(), y.float()
+    win = min(window, *x.shape[2:])
+    win -= 1 - win % 2
+    g = _gauss1d(win, sigma, x.device, x.dtype)
+    ks = [g] * spatial_dims
+    stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1)
+    mu_x, mu_y, exx, eyy, exy = _separable(stacked, ks).chunk(5, dim=1)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    vx, vy, cov = exx - mu_x**2, eyy - mu_y**2, exy - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (vx + vy + c2))
+    per_item = s.flatten(1).mean(1)
+    if reduction == "none":
+        return per_item
+    if reduction == "mean":
+        return per_item.mean()
+    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+
+
+def sobel(x: torch.Tensor, axis: int, smooth_axis: int) -> torch.Tensor:
+    """Signed Sobel response of x (N, C, *S): derivative along spatial `axis`, [1, 2, 1] smoothing
+    along `smooth_axis` (so a 2D Sobel in the plane of the two axes); same size, replicate border."""
+    d = torch.tensor(_SOBEL_DIFF, device=x.device, dtype=x.dtype)
+    s = torch.tensor(_SOBEL_SMOOTH, device=x.device, dtype=x.dtype)
+    ks: list[torch.Tensor | None] = [None] * (x.dim() - 2)
+    ks[axis], ks[smooth_axis] = d, s
+    return _separable(x, ks, padding="replicate")
+
+
+def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """|Gx| + |Gy| of a 2D batch (N, C, H, W)."""
+    return sobel(x, 1, 0).abs() + sobel(x, 0, 1).abs()
+
+
+def fusion_loss_2d(
+    f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, norm: str = "l1", weights=(2.0, 10.0, 5.0)
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """2D ClinicalFMamba loss of fused f and sources a, b (N, 1, H, W); returns (loss, terms)."""
+    if norm not in ("l1", "l2"):
+        raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
+    f, a, b = f.float(), a.float(), b.float()
+    intensity = F.l1_loss(f, torch.maximum(a, b))
+    gf, gt = sobel_magnitude(f), torch.maximum(sobel_magnitude(a), sobel_magnitude(b))
+    grad = F.l1_loss(gf, gt) if norm == "l1" else F.mse_loss(gf, gt)
+    ssim_term = 1 - (ssim(a, f, 2) + ssim(b, f, 2)) / 2
+    return _combine(weights, intensity, grad, ssim_term)
+
+
+def fusion_loss_3d(
+    f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights=(2.0, 10.0, 1.0)
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """3D ClinicalFMamba loss of fused f and sources a, b (N, 1, D, H, W); returns (loss, terms)."""
+    f, a, b = f.float(), a.float(), b.float()
+    intensity = F.l1_loss(f, torch.maximum(a, b))
+    grads = []
+    for plane in ((1, 2), (0, 2), (0, 1)):  # axial (H, W), coronal (D, W), sagittal (D, H)
+        for axis, smooth in (plane, plane[::-1]):
+            target = torch.maximum(sobel(a, axis, smooth), sobel(b, axis, smooth))
+            grads.append(F.mse_loss(sobel(f, axis, smooth), target))
+    grad = torch.stack(grads).mean()
+    ssim_term = 1 - (ssim(a, f, 3) + ssim(b, f, 3)) / 2
+    return _combine(weights, intensity, grad, ssim_term)
+
+
+def _combine(weights, intensity, grad, ssim_term) -> tuple[torch.Tensor, dict[str, float]]:
+    wi, wg, ws = weights
+    loss = wi * intensity + wg * grad + ws * ssim_term
+    terms = {k: float(v.detach()) for k, v in (("intensity", intensity), ("gradient", grad), ("ssim", ssim_term))}
+    return loss, terms
+
+
+def fusion_loss(
+    f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, spatial_dims: int, norm: str = "l1"
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The ClinicalFMamba loss for `spatial_dims` 2 (with gradient norm `norm`) or 3."""
+    if spatial_dims == 2:
+        return fusion_loss_2d(f, a, b, norm=norm)
+    if spatial_dims == 3:
+        return fusion_loss_3d(f, a, b)
+    raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")

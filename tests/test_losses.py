@@ -1,0 +1,84 @@
+"""ClinicalFMamba losses and the torch SSIM: zero terms, symmetry in A/B, gradients, known values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neurofuse.losses import fusion_loss, sobel, sobel_magnitude, ssim
+
+
+def _img(shape, seed):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+SHAPES = {2: (2, 1, 24, 20), 3: (1, 1, 14, 12, 13)}
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_ssim_identity_and_range(nd):
+    x, y = _img(SHAPES[nd], 0), _img(SHAPES[nd], 1)
+    assert float(ssim(x, x, nd)) == pytest.approx(1.0, abs=1e-5)
+    s = ssim(x, y, nd, reduction="none")
+    assert s.shape == (x.shape[0],) and torch.all(s < 0.5)
+    torch.testing.assert_close(ssim(x, y, nd), ssim(y, x, nd))
+
+
+def test_ssim_matches_skimage():
+    skm = pytest.importorskip("skimage.metrics")
+    x, y = _img((1, 1, 32, 32), 0), _img((1, 1, 32, 32), 1)
+    y = 0.6 * x + 0.4 * y
+    ref = skm.structural_similarity(x[0, 0].double().numpy(), y[0, 0].double().numpy(), data_range=1.0,
+                                    gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                    full=True)[1][5:-5, 5:-5].mean()
+    assert float(ssim(x, y, 2)) == pytest.approx(float(ref), abs=1e-4)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_all_terms_zero_when_sources_and_fused_agree(nd):
+    x = _img(SHAPES[nd], 0)
+    loss, terms = fusion_loss(x, x, x, nd)
+    assert float(loss) == pytest.approx(0.0, abs=1e-4)
+    assert all(v == pytest.approx(0.0, abs=1e-5) for v in terms.values())
+
+
+def test_gradient_term_zero_for_constant_images_2d():
+    c = torch.full((1, 1, 16, 16), 0.3)
+    assert float(sobel_magnitude(c).abs().max()) == 0.0
+    _, terms = fusion_loss(torch.full_like(c, 0.7), c, torch.full_like(c, 0.7), 2, norm="l2")
+    assert terms["gradient"] == 0.0 and terms["intensity"] == pytest.approx(0.0, abs=1e-7)
+    assert terms["ssim"] > 0  # F differs from A
+
+
+def test_sobel_signed_response():
+    ramp = torch.arange(10.0).view(1, 1, 1, 10).expand(1, 1, 10, 10).contiguous()
+    gx, gy = sobel(ramp, 1, 0), sobel(ramp, 0, 1)
+    assert float(gx[0, 0, 5, 5]) == 8.0  # (1 + 2 + 1) * (x+1 - (x-1))
+    assert float(gy.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("nd,norm", [(2, "l1"), (2, "l2"), (3, "l1")])
+def test_symmetric_in_a_b_and_gradient_flows(nd, norm):
+    a, b = _img(SHAPES[nd], 0), _img(SHAPES[nd], 1)
+    f = _img(SHAPES[nd], 2).requires_grad_()
+    l_ab, t_ab = fusion_loss(f, a, b, nd, norm=norm)
+    l_ba, t_ba = fusion_loss(f, b, a, nd, norm=norm)
+    assert l_ab.item() == pytest.approx(l_ba.item(), rel=1e-6)
+    assert t_ab == pytest.approx(t_ba, rel=1e-6)
+    l_ab.backward()
+    assert f.grad is not None and torch.isfinite(f.grad).all() and float(f.grad.abs().sum()) > 0
+
+
+def test_weights_2d_and_3d():
+    for nd, w in ((2, (2, 10, 5)), (3, (2, 10, 1))):
+        a, b, f = (_img(SHAPES[nd], s) for s in range(3))
+        loss, t = fusion_loss(f, a, b, nd)
+        expect = w[0] * t["intensity"] + w[1] * t["gradient"] + w[2] * t["ssim"]
+        assert float(loss) == pytest.approx(expect, rel=1e-5)
+
+
+def test_l1_and_l2_differ():
+    a, b, f = (_img(SHAPES[2], s) for s in range(3))
+    assert fusion_loss(f, a, b, 2, norm="l1")[1]["gradient"] != fusion_loss(f, a, b, 2, norm="l2")[1]["gradient"]
+    with pytest.raises(ValueError):
+        fusion_loss(f, a, b, 2, norm="l3")
