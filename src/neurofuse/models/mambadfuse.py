@@ -131,9 +131,7 @@ class MambaDFuse(nn.Module):
         self.deep = nn.ModuleList(M3Block(d, cfg.d_state, cfg.scan) for _ in range(cfg.m3_depth))
         self.recon = MambaStack(d, cfg.recon_depth, cfg.d_state, cfg.scan)
         self.unembed = nn.ConvTranspose2d(d, c, p, stride=p)
-        self.out = nn.Sequential(
-            nn.Conv2d(2 * c, c, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(c, 1, 3, padding=1)
-        )
+        self.out = nn.Sequential(nn.Conv2d(2 * c, c, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(c, 1, 3, padding=1))
 
     def _tokens(self, x: torch.Tensor, embed: nn.Module) -> tuple[torch.Tensor, tuple[int, int]]:
         z = embed(x)
