@@ -124,6 +124,8 @@ def test_resume_refuses_changed_config(pairs, tmp_path):
     train(_cfg(pairs, tmp_path / "r", max_steps=1, precision="fp32"), model=_seeded())
     with pytest.raises(UsageError, match="lr"):
         train(_cfg(pairs, tmp_path / "r", lr=0.5, resume=True, precision="fp32"), model=_seeded())
+    with pytest.raises(UsageError, match="--resume"):
+        train(_cfg(pairs, tmp_path / "r", max_steps=1, precision="fp32"), model=_seeded())
     with pytest.raises(UsageError, match="nothing to resume"):
         train(_cfg(pairs, tmp_path / "none", resume=True), model=_seeded())
 

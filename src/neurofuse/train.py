@@ -48,7 +48,8 @@ from neurofuse.io import atomic_write_path
 from neurofuse.models.registry import create_model, load_weights
 
 # Settings that may change between a run and its resume without breaking exactness.
-_RESUME_FREE = {"resume", "out", "max_steps", "max_minutes", "threads", "num_workers", "val_limit", "val_metrics"}
+_RESUME_FREE = {"resume", "out", "max_steps", "max_minutes", "threads", "num_workers", "val_limit", "val_metrics",
+                "validate_first"}
 
 
 @dataclass
@@ -427,6 +428,8 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
         acc, acc_n = dict(state["train_sums"]), state["train_count"]
         _set_rng_state(state["rng"], device)
         rows = _read_log(out / "log.csv")
+    elif (out / "last_state.pt").is_file():
+        raise UsageError(f"{out}: holds a run already; continue it with --resume or choose another --out")
     elif rank == 0:
         with atomic_write_path(out / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -42,6 +42,7 @@ def resolve_config(config: str | None, resume: bool, overrides: dict[str, Any]) 
 @click.option("--device", help="auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=int, help="torch.set_num_threads for this process.")
 @click.option("--workers", "num_workers", type=int, help="DataLoader worker processes.")
+@click.option("--val-limit", "val_limit", type=int, help="Validate on the first N val items only (budget).")
 @click.option("--stage", help="Training stage of a multi-stage model (see its training_stages).")
 @click.option("--init", type=click.Path(dir_okay=False), help="Initial weights (safetensors), e.g. stage 1's best.")
 @click.option("--export-fp16", "export_path", type=click.Path(dir_okay=False),
