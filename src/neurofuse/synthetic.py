@@ -40,14 +40,14 @@ _TISSUE = {
     "wm": (0.75, 0.75, 0.35, 0.45),
     "gm": (0.55, 0.58, 0.50, 0.55),
     "csf": (0.20, 0.20, 1.00, 0.15),
-    "oedema": (0.50, 0.52, 0.75, 0.80),
+    "oedema": (0.50, 0.52, 0.70, 0.80),
     "rim": (0.45, 1.00, 0.55, 0.70),
     "core": (0.30, 0.30, 0.95, 0.70),  # necrosis: T2-bright, FLAIR like the rim (invisible there)
     "halo_flair": 0.66,  # infiltration halo: FLAIR only; T2/T1 see normal tissue
 }
 _IMAGE_MODS = ("t1", "t1ce", "t2", "flair")
-NECROSIS_BASE, NECROSIS_PER_SD = 0.55, 0.12  # necrosis radius / core radius = base + per_sd * a_t2
-HALO_BASE, HALO_PER_SD = 0.35, 0.15  # FLAIR halo width / oedema radius = base + per_sd * a_flair
+NECROSIS_BASE, NECROSIS_PER_SD = 0.55, 0.15  # necrosis radius / core radius = base + per_sd * a_t2
+HALO_BASE, HALO_PER_SD = 0.5, 0.25  # FLAIR halo width / oedema radius = base + per_sd * a_flair
 TRAINING_DIR = "MICCAI_BraTS_2019_Data_Training"
 
 
@@ -115,7 +115,7 @@ def make_case(rng: np.random.Generator, cfg: SynthConfig, hgg: bool) -> tuple[di
     vent = np.zeros_like(brain)
     for side in (-1, 1):
         vc = centre + np.array([side * 0.05, 0.02, 0.03])
-        va = np.array([0.035, 0.12, 0.06]) * rng.uniform(0.8, 1.25)
+        va = np.array([0.035, 0.12, 0.06]) * rng.uniform(0.95, 1.05)
         vent |= sum(((g - c) / a) ** 2 for g, c, a in zip(grid, vc, va, strict=True)) <= 1.0
 
     # Lesion inside the brain, in one hemisphere, away from the midline.
@@ -128,10 +128,10 @@ def make_case(rng: np.random.Generator, cfg: SynthConfig, hgg: bool) -> tuple[di
     y = 1.0 if hgg else 0.0
     a_t2 = cfg.effect * (y - 0.5) + rng.standard_normal()
     a_flair = cfg.effect * (y - 0.5) + rng.standard_normal()
-    r_core = rng.uniform(0.07, 0.11)
+    r_core = rng.uniform(0.08, 0.10)
     r_oedema = 1.5 * r_core
     necrosis_frac = float(np.clip(NECROSIS_BASE + NECROSIS_PER_SD * a_t2, 0.1, 0.9))
-    halo_frac = float(np.clip(HALO_BASE + HALO_PER_SD * a_flair, 0.0, 1.0))
+    halo_frac = float(np.clip(HALO_BASE + HALO_PER_SD * a_flair, 0.0, 1.2))
     wobble = _smooth_noise(rng, (n, n, n), sigma=n / 12)
     halo = _blob(grid, lc, r_oedema * (1.0 + halo_frac), wobble) & brain
     oedema = _blob(grid, lc, r_oedema, wobble) & brain
@@ -184,7 +184,7 @@ def write_cohort(out: str | Path, cfg: SynthConfig, overwrite: bool = False, pro
     n_hgg = int(round(cfg.hgg_fraction * cfg.cases))
     true = np.array([1] * n_hgg + [0] * (cfg.cases - n_hgg))
     rng.shuffle(true)
-    shown = rng.permutation(true) if cfg.shuffle_labels else true
+    shown = np.random.default_rng([cfg.seed, 1]).permutation(true) if cfg.shuffle_labels else true
     spacing = 240.0 / cfg.size
     affine = np.diag([spacing, spacing, spacing, 1.0])
     records = []
