@@ -8,6 +8,15 @@ import torch
 from neurofuse.losses import fusion_loss, sobel, sobel_magnitude, ssim
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster on an oversubscribed machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _img(shape, seed):
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
 

@@ -10,6 +10,15 @@ from neurofuse.models import create_model, list_models
 from neurofuse.ssm import selective_scan_ref
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster on an oversubscribed machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _pair(shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(shape, generator=g), torch.rand(shape, generator=g)
@@ -83,8 +92,8 @@ def test_ablation_switches_change_structure():
 
 
 @pytest.mark.parametrize("name,shape,steps,factor", [
-    ("clinicalfmamba_2d_tiny", (1, 1, 32, 32), 40, 0.5),
-    ("clinicalfmamba_3d_tiny", (1, 1, 16, 16, 16), 25, 0.5),
+    ("clinicalfmamba_2d_tiny", (1, 1, 24, 24), 15, 0.5),  # measured: 11.7 -> 5.0 after 12 steps
+    ("clinicalfmamba_3d_tiny", (1, 1, 16, 16, 16), 8, 0.4),  # measured: 3.9 -> 1.2 after 8 steps
 ])
 def test_tiny_model_overfits_one_pair(name, shape, steps, factor):
     torch.manual_seed(0)

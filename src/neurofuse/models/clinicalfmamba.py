@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from neurofuse.inference import register_learned_method
 from neurofuse.losses import fusion_loss
 from neurofuse.models.blocks import CMCA, DownStage, UpStage, conv_nd
 from neurofuse.models.mamba import CrossMambaBlock, MambaBlock, ScanOrder, TokenSwap, scan_orders
@@ -199,3 +200,10 @@ def clinicalfmamba_2d_tiny(**overrides) -> ClinicalFMamba:
 def clinicalfmamba_3d_tiny(**overrides) -> ClinicalFMamba:
     """Small 3D variant for tests (widths 8/16/16, one latent block)."""
     return _create(3, tiny=True, **overrides)
+
+
+register_learned_method(
+    "clinicalfmamba", "clinicalfmamba",
+    "ClinicalFMamba (CNN + Mamba, MLMI 2025); 2D and 3D (tri-plane scan); -O weights=FILE.safetensors",
+    (2, 3),
+)

@@ -1,0 +1,192 @@
+"""Run a learned fusion model on numpy arrays, and register such models as `neurofuse.fusion` methods.
+
+`fuse_with_model` pads each input to a multiple of the model's total stride and crops back; inputs
+larger than `window` are fused with overlapping windows blended by a Gaussian importance map (as in
+MONAI's sliding-window inference), so device memory is bounded by one batch of windows. Note that a
+model with global context (Mamba) sees less context in a window, so windowed and whole-volume outputs
+agree only approximately; for a purely local model they agree exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from neurofuse.errors import UsageError
+from neurofuse.fusion import register_method
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """`"cpu"` or `"cuda"` (or `"cuda:N"`) as a torch device; UsageError if unavailable."""
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine")
+        return torch.device(device)
+    raise UsageError(f"--device {device!r}: use cpu or cuda")
+
+
+def _check_precision(precision: str) -> torch.dtype | None:
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r}: use fp32 or bf16")
+    return PRECISIONS[precision]
+
+
+def _run(model: nn.Module, a: torch.Tensor, b: torch.Tensor, stride: int, amp: torch.dtype | None) -> torch.Tensor:
+    """Model on a batch (N, 1, *S): pad to a stride multiple (replicate), crop back, float32 output."""
+    size = a.shape[2:]
+    pad: list[int] = []
+    for s in reversed(size):
+        extra = -s % stride
+        pad += [extra // 2, extra - extra // 2]
+    if any(pad):
+        a, b = F.pad(a, pad, mode="replicate"), F.pad(b, pad, mode="replicate")
+    with torch.autocast(a.device.type, dtype=amp, enabled=amp is not None):
+        f = model(a, b).float()
+    crop = tuple(slice(pad[2 * i], pad[2 * i] + s) for i, s in zip(reversed(range(len(size))), size, strict=True))
+    return f[(slice(None), slice(None), *crop)]
+
+
+def gaussian_importance(window: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    """Separable Gaussian weight map for one window (peak 1 at the centre, floor 1e-3)."""
+    w = np.ones((), dtype=np.float32)
+    for n in window:
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2
+        g = np.exp(-(x**2) / (2 * (sigma_scale * n) ** 2))
+        w = np.multiply.outer(w, g / g.max())
+    return np.maximum(w, 1e-3).astype(np.float32)
+
+
+def _starts(size: int, win: int, overlap: float) -> list[int]:
+    if size <= win:
+        return [0]
+    step = max(1, int(win * (1 - overlap)))
+    n = math.ceil((size - win) / step) + 1
+    return sorted({min(i * step, size - win) for i in range(n)})
+
+
+@torch.no_grad()
+def fuse_with_model(
+    model: nn.Module,
+    a: np.ndarray,
+    b: np.ndarray,
+    device: str = "cpu",
+    precision: str = "fp32",
+    window: int | Sequence[int] | None = None,
+    overlap: float = 0.25,
+    batch_size: int = 1,
+    progress: bool = True,
+) -> np.ndarray:
+    """Fuse arrays a, b in [0, 1] (2D (H, W) or 3D (D, H, W)) with a fusion model; float32 in [0, 1].
+
+    `window` (one size per axis, or one for all) switches to sliding-window inference when the input
+    is larger; windows overlap by the fraction `overlap` and `batch_size` of them run at once.
+    """
+    if a.shape != b.shape:
+        raise UsageError(f"shape mismatch {a.shape} vs {b.shape}")
+    if not 0 <= overlap < 1:
+        raise UsageError(f"overlap must be in [0, 1), got {overlap}")
+    dev, amp = resolve_device(device), _check_precision(precision)
+    model = model.to(dev).eval()
+    stride = int(getattr(model, "stride", 1))
+    nd = a.ndim
+    ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+    tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))[None, None]
+    if window is None:
+        wins = list(a.shape)
+    else:
+        wins = [int(window)] * nd if np.isscalar(window) else [int(w) for w in window]
+        if len(wins) != nd or min(wins) < 1:
+            raise UsageError(f"window {window}: need one positive size per axis of a {nd}D input")
+        wins = [min(w, s) for w, s in zip(wins, a.shape, strict=True)]
+    if wins == list(a.shape):
+        out = _run(model, ta.to(dev), tb.to(dev), stride, amp)
+        return out[0, 0].clamp(0, 1).cpu().numpy()
+
+    weight = gaussian_importance(wins)
+    acc = np.zeros(a.shape, dtype=np.float32)
+    norm = np.zeros(a.shape, dtype=np.float32)
+    corners = list(itertools.product(*(_starts(s, w, overlap) for s, w in zip(a.shape, wins, strict=True))))
+    for i in tqdm(range(0, len(corners), batch_size), desc="windows", unit="batch",
+                  disable=not progress or len(corners) <= batch_size, leave=False):
+        group = corners[i:i + batch_size]
+        sl = [tuple(slice(c, c + w) for c, w in zip(corner, wins, strict=True)) for corner in group]
+        wa = torch.cat([ta[(slice(None), slice(None), *s)] for s in sl]).to(dev)
+        wb = torch.cat([tb[(slice(None), slice(None), *s)] for s in sl]).to(dev)
+        out = _run(model, wa, wb, stride, amp)[:, 0].cpu().numpy()
+        for s, o in zip(sl, out, strict=True):
+            acc[s] += o * weight
+            norm[s] += weight
+    return np.clip(acc / norm, 0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(name: str, weights: str | None, pretrained: str | None) -> nn.Module:
+    from neurofuse.models.registry import create_model, list_pretrained, load_weights
+
+    if weights is None and pretrained is None:
+        shipped = list_pretrained(name)
+        if not shipped:
+            raise UsageError(f"model {name} has no shipped weights; pass -O weights=FILE.safetensors")
+        pretrained = shipped[0].split("/", 1)[1]
+    model = create_model(name, pretrained=pretrained if weights is None else None)
+    if weights is not None:
+        load_weights(model, weights)
+    return model.eval()
+
+
+def _model_names(model_name: str | dict[int, str], spatial_dims: Sequence[int]) -> dict[int, str]:
+    if isinstance(model_name, dict):
+        return {int(k): v for k, v in model_name.items()}
+    from neurofuse.models.registry import list_models
+
+    known = set(list_models())
+    names = {}
+    for nd in spatial_dims:
+        cand = f"{model_name}_{nd}d"
+        names[nd] = cand if cand in known else model_name
+    return names
+
+
+def register_learned_method(
+    method_name: str,
+    model_name: str | dict[int, str],
+    description: str,
+    spatial_dims: Sequence[int] = (2, 3),
+) -> None:
+    """Register fusion method `method_name` running a registered model.
+
+    `model_name` is a model name, a base name whose `<name>_2d` / `<name>_3d` variants are picked by
+    the input's ndim, or an explicit {ndim: name} map. Method options: `weights` (a .safetensors
+    file), `pretrained` (a shipped tag; default: the model's shipped weights), `device` (cpu|cuda),
+    `precision` (fp32|bf16), `window` (sliding-window size; default 128 for 3D, whole image in 2D),
+    `overlap` (default 0.25).
+    """
+    names = _model_names(model_name, spatial_dims)
+
+    def fuse_fn(a: np.ndarray, b: np.ndarray, weights: str | None = None, pretrained: str | None = None,
+                device: str = "cpu", precision: str = "fp32", window: int | str | None = None,
+                overlap: float | str = 0.25) -> np.ndarray:
+        if a.ndim not in names:
+            raise UsageError(f"method {method_name!r} supports {tuple(names)}D input, got {a.ndim}D")
+        model = _load_model(names[a.ndim], None if weights is None else str(weights), pretrained)
+        if window is None and a.ndim == 3:
+            window = 128
+        win = None if window is None else int(window)
+        return fuse_with_model(model, a, b, device=str(device), precision=str(precision), window=win,
+                               overlap=float(overlap))
+
+    fuse_fn.__name__ = f"fuse_{method_name}"
+    register_method(method_name, description, kind="learned", spatial_dims=tuple(names),
+                    models=names)(fuse_fn)
