@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 
@@ -255,3 +256,23 @@ def test_peers_are_registered_fusion_methods() -> None:
     for peer in PEERS:
         assert peer in names, f"{peer} is not a registered fusion method"
         assert names[peer].kind == "learned" and names[peer].spatial_dims == (2,)
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_fuse_runs_the_registered_method_from_a_weights_file(name: str, tmp_path) -> None:
+    inference = importlib.util.find_spec("neurofuse.inference")
+    if inference is None or not hasattr(importlib.import_module("neurofuse.inference"), "register_learned_method"):
+        pytest.skip("neurofuse.inference.register_learned_method not available yet")
+    from safetensors.torch import save_file
+
+    from neurofuse.fusion import fuse
+
+    model = _small(name).eval()
+    path = tmp_path / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    a, b = (t[0, 0].numpy() for t in _pair((36, 28)))
+    out = fuse(a, b, name, weights=str(path))
+    with torch.no_grad():
+        expected = model(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None])[0, 0].numpy()
+    assert out.shape == a.shape and out.dtype == np.float32
+    assert np.allclose(out, expected, atol=1e-5)

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from neurofuse.inference import register_learned_method
 from neurofuse.models.diffusion import DiffusionUNet, GaussianDiffusion, denoising_loss
 from neurofuse.models.ehdran import ChannelAttention
 from neurofuse.models.registry import register_model
@@ -194,3 +195,11 @@ def dmfnet(**overrides) -> DMFNet:
 def dmfnet_small(**overrides) -> DMFNet:
     """DM-FNet reduced for CPU training (UNet base 16, mults 1-2-4, feature steps 5/50)."""
     return _build(DMFNetConfig(unet_base=16, unet_mults=(1, 2, 4), feature_steps=(5, 50), fuse_dim=12), overrides)
+
+
+register_learned_method(
+    "dmfnet",
+    "dmfnet_small",
+    "DM-FNet (He et al., 2025): diffusion-trained UNet features + three-module fusion network; small config",
+    spatial_dims=(2,),
+)

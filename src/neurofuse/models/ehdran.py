@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from neurofuse.inference import register_learned_method
 from neurofuse.models.registry import register_model
 from neurofuse.models.swinfusion import sobel
 
@@ -220,3 +221,12 @@ def ehdran(**overrides) -> EHDRAN:
 def ehdran_small(**overrides) -> EHDRAN:
     """EH-DRAN reduced for CPU training (24 channels, 2 DRAN modules)."""
     return _build(EHDRANConfig(channels=24, modules=2), overrides)
+
+
+register_learned_method(
+    "ehdran",
+    "ehdran_small",
+    "EH-DRAN (Zhou et al., BIBM 2024): "
+    "edge-enhanced dilated residual attention autoencoder, nuclear-norm feature fusion; small config",
+    spatial_dims=(2,),
+)

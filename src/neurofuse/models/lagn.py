@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from neurofuse.inference import register_learned_method
 from neurofuse.models.diffusion import DiffusionUNet, GaussianDiffusion, denoising_loss
 from neurofuse.models.registry import register_model
 from neurofuse.models.swin import SwinStage, crop_to, pad_to_multiple
@@ -166,3 +167,12 @@ def lagn(**overrides) -> LAGN:
 def lagn_small(**overrides) -> LAGN:
     """LAGN reduced for CPU training (width 16, window 4, UNet base 16)."""
     return _build(LAGNConfig(dim=16, blocks=1, heads=2, window=4, unet_base=16, unet_mults=(1, 2, 4)), overrides)
+
+
+register_learned_method(
+    "lagn",
+    "lagn_small",
+    "LAGN (Qu et al., 2025, from the abstract): "
+    "local/global network with a diffusion-generated-image loss; small config",
+    spatial_dims=(2,),
+)

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from neurofuse.inference import register_learned_method
 from neurofuse.models.mamba import CrossMambaBlock, MambaBlock, channel_swap, scan_orders
 from neurofuse.models.registry import register_model
 from neurofuse.models.swin import crop_to, pad_to_multiple
@@ -174,3 +175,11 @@ def mambadfuse_small(**overrides) -> MambaDFuse:
     return _build(
         MambaDFuseConfig(cnn_dim=16, dim=32, patch=4, d_state=8, extract_depth=1, m3_depth=1, recon_depth=1), overrides
     )
+
+
+register_learned_method(
+    "mambadfuse",
+    "mambadfuse_small",
+    "MambaDFuse (Li et al., 2024): dual-phase Mamba fusion (channel exchange + M3 blocks); small config",
+    spatial_dims=(2,),
+)

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from neurofuse.inference import register_learned_method
 from neurofuse.models.registry import register_model
 from neurofuse.models.swin import ResidualSwinBlock, crop_to, pad_to_multiple
 from neurofuse.models.swinfusion import max_fusion_terms, sobel, ssim, weighted_sum
@@ -209,3 +210,11 @@ def mrscfusion(**overrides) -> MRSCFusion:
 def mrscfusion_small(**overrides) -> MRSCFusion:
     """MRSCFusion reduced for CPU training (widths 12/24/48, window 4, one Swin layer per scale)."""
     return _build(MRSCFusionConfig(widths=(12, 24, 48), swin_depth=1, heads=2, window=4, growth=8), overrides)
+
+
+register_learned_method(
+    "mrscfusion",
+    "mrscfusion_small",
+    "MRSCFusion (Xie et al., 2023): multiscale CNN autoencoder with residual Swin-convolution fusion; small config",
+    spatial_dims=(2,),
+)

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from neurofuse.inference import register_learned_method
 from neurofuse.losses import sobel_magnitude
 from neurofuse.losses import ssim as _ssim
 from neurofuse.models.registry import register_model
@@ -170,3 +171,11 @@ def swinfusion(**overrides) -> SwinFusion:
 def swinfusion_small(**overrides) -> SwinFusion:
     """SwinFusion reduced for CPU training (16 channels, window 4, 1/1/2 layers)."""
     return _build(SwinFusionConfig(dim=16, heads=2, window=4, intra_depth=1, cross_units=1, recon_depth=2), overrides)
+
+
+register_learned_method(
+    "swinfusion",
+    "swinfusion_small",
+    "SwinFusion (Ma et al., 2022): intra/cross-domain shifted-window attention fusion; small config",
+    spatial_dims=(2,),
+)
