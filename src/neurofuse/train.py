@@ -83,6 +83,7 @@ class TrainConfig:
     num_workers: int = 0
     channels_last: bool = True
     grad_clip: float | None = None
+    fused_adam: bool = True
     max_steps: int | None = None
     max_minutes: float | None = None
     val_metrics: bool = True
@@ -405,7 +406,8 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
     model.train()
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    # The fused kernel (CPU and CUDA) does one pass over all parameters instead of ~10 small ops each.
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=cfg.fused_adam)
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     steps_per_epoch = len(sampler) // cfg.batch_size
     if steps_per_epoch == 0:
