@@ -179,3 +179,16 @@ def test_fuse_brats_geometry_and_resume(tmp_path: Path):
     assert "0 done, 1 skipped" in res.output
     res = runner.invoke(main, ["fuse-brats", str(root), "-o", str(out), "--method", "nope"])
     assert res.exit_code == 2 and "unknown fusion method" in res.output
+
+
+def test_fuse_axial_handles_empty_slices():
+    rng = np.random.default_rng(1)
+    a = np.zeros((6, 6, 4), np.float32)
+    b = np.zeros((6, 6, 4), np.float32)
+    a[:, :, 1:3] = rng.random((6, 6, 2))
+    b[:, :, 2:4] = rng.random((6, 6, 2))
+    out = brats.fuse_axial(a, b, "average")
+    assert np.all(out[:, :, 0] == 0)  # both empty
+    np.testing.assert_array_equal(out[:, :, 1], a[:, :, 1])  # FLAIR empty: T2 alone
+    np.testing.assert_allclose(out[:, :, 2], (a[:, :, 2] + b[:, :, 2]) / 2, atol=1e-6)
+    np.testing.assert_array_equal(out[:, :, 3], b[:, :, 3])

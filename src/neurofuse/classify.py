@@ -27,7 +27,14 @@ import torch.nn as nn
 from scipy.stats import rankdata
 from tqdm import tqdm
 
-from neurofuse.brats import BratsCase, PreprocessConfig, cached_array, load_preprocessed, select_slices
+from neurofuse.brats import (
+    BratsCase,
+    PreprocessConfig,
+    cached_array,
+    fuse_axial,
+    load_preprocessed,
+    select_slices,
+)
 from neurofuse.errors import InputError, UsageError
 from neurofuse.fusion import fuse, get_method
 from neurofuse.io import atomic_write_path
@@ -184,11 +191,6 @@ def parse_input(variant: str) -> tuple[str, str | None]:
     raise UsageError(f"unknown input {variant!r}; use t2, flair, stack or fused:<method>")
 
 
-def _fuse_slices(t2: np.ndarray, flair: np.ndarray, method: str) -> np.ndarray:
-    """Fuse (n, H, W) slice stacks one slice at a time with a 2D method."""
-    return np.stack([fuse(a, b, method) for a, b in zip(t2, flair, strict=True)])
-
-
 @dataclass(frozen=True)
 class DataConfig:
     """What the classifier sees: preprocessing, dims and, for 2D, how many slices per case."""
@@ -205,7 +207,7 @@ def case_inputs(case: BratsCase, variant: str, cfg: DataConfig, cache_dir: str |
     t2, flair = vols["t2"], vols["flair"]
     if cfg.dims == 2:
         idx = select_slices(vols.get("seg"), cfg.slices, depth=t2.shape[2])
-        t2, flair = np.moveaxis(t2[:, :, idx], 2, 0), np.moveaxis(flair[:, :, idx], 2, 0)
+        t2, flair = t2[:, :, idx], flair[:, :, idx]
     if kind == "t2":
         chans = [t2]
     elif kind == "flair":
@@ -215,9 +217,10 @@ def case_inputs(case: BratsCase, variant: str, cfg: DataConfig, cache_dir: str |
     else:
         settings = {"kind": "fused", "method": method, "dims": cfg.dims, "slices": cfg.slices,
                     "modalities": cfg.pre.modalities, "pre": asdict(cfg.pre)}
-        make = (lambda: _fuse_slices(t2, flair, method)) if cfg.dims == 2 else (lambda: fuse(t2, flair, method))
+        make = (lambda: fuse_axial(t2, flair, method)) if cfg.dims == 2 else (lambda: fuse(t2, flair, method))
         chans = [cached_array(case, settings, cache_dir, make)]
-    return np.stack(chans, axis=1 if cfg.dims == 2 else 0).astype(np.float32)
+    x = np.stack(chans).astype(np.float32)  # (C, *S); 2D: (C, S, S, n_slices)
+    return np.moveaxis(x, 3, 0) if cfg.dims == 2 else x
 
 
 # --------------------------------------------------------------------------------------- training

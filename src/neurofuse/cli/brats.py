@@ -6,31 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import numpy as np
 from tqdm import tqdm
 
-from neurofuse.brats import BratsCase, discover, load_volume, normalize_volume
+from neurofuse.brats import BratsCase, discover, fuse_axial, load_volume, normalize_volume
 from neurofuse.cli.app import main
 from neurofuse.errors import NeurofuseError, UsageError
 from neurofuse.fusion import fuse, get_method
 from neurofuse.io import write_image
 from neurofuse.synthetic import SynthConfig, write_cohort
-
-
-def fuse_slices(t2: np.ndarray, flair: np.ndarray, method: str) -> np.ndarray:
-    """Fuse two volumes axial slice by axial slice (third axis) with a 2D method.
-
-    Slices where both inputs are constant (outside the brain) stay 0; where only one is, the fused slice
-    is the other one (nothing to fuse it with).
-    """
-    out = np.zeros_like(t2)
-    for k in range(t2.shape[2]):
-        a, b = t2[:, :, k], flair[:, :, k]
-        flat_a, flat_b = a.max() == a.min(), b.max() == b.min()
-        if flat_a and flat_b:
-            continue
-        out[:, :, k] = b if flat_a else a if flat_b else fuse(a, b, method)
-    return out
 
 
 def output_paths(out: Path, case: BratsCase, method: str, dims: tuple[int, ...]) -> dict[int, Path]:
@@ -47,7 +30,7 @@ def fuse_case(case: BratsCase, targets: dict[int, Path], method: str,
         raise UsageError(f"{case.path('flair')}: shape {flair.shape} differs from T2 {t2.shape}")
     a, b = normalize_volume(t2, clip_percentiles), normalize_volume(flair, clip_percentiles)
     for d, path in targets.items():
-        fused = fuse_slices(a, b, method) if d == 2 else fuse(a, b, method)
+        fused = fuse_axial(a, b, method) if d == 2 else fuse(a, b, method)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_image(path, fused, reference=t2_img, overwrite=overwrite)
 
