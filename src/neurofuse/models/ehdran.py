@@ -134,9 +134,12 @@ class RandomFeatures(nn.Module):
 
 
 def nuclear_weights(fa: torch.Tensor, fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(sample, channel) weights from nuclear norms of channel-softmaxed maps; each (N, C, 1, 1)."""
-    na = torch.linalg.svdvals(fa.softmax(1)).sum(-1)
-    nb = torch.linalg.svdvals(fb.softmax(1)).sum(-1)
+    """Per-(sample, channel) weights from nuclear norms of channel-softmaxed maps; each (N, C, 1, 1).
+
+    Computed in float32 (the SVD has no half-precision kernels).
+    """
+    na = torch.linalg.svdvals(fa.float().softmax(1)).sum(-1)
+    nb = torch.linalg.svdvals(fb.float().softmax(1)).sum(-1)
     wa = na / (na + nb)
     return wa[..., None, None], (1 - wa)[..., None, None]
 
