@@ -228,3 +228,10 @@ def test_shipped_configs_load(path):
     cfg = TrainConfig.from_yaml(path)
     assert cfg.model in list_models()
     assert cfg.out.startswith("runs/") and cfg.data.startswith("../shared/data/")
+
+
+def test_val_every_and_limit(pairs, tmp_path):
+    out = tmp_path / "v"
+    train(_cfg(pairs, out, epochs=2, precision="fp32", val_every=2, val_limit=1), model=_seeded())
+    with open(out / "log.csv", newline="") as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [8]  # epoch 1 skipped, the last epoch validated

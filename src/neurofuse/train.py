@@ -43,13 +43,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from neurofuse.data import HarvardPairs, VolumePairs, VolumePrep
-from neurofuse.errors import InputError, UsageError
+from neurofuse.errors import InputError, NeurofuseError, UsageError
 from neurofuse.io import atomic_write_path
 from neurofuse.models.registry import create_model, load_weights
 
 # Settings that may change between a run and its resume without breaking exactness.
 _RESUME_FREE = {"resume", "out", "max_steps", "max_minutes", "threads", "num_workers", "val_limit", "val_metrics",
-                "validate_first"}
+                "validate_first", "val_every"}
 
 
 @dataclass
@@ -88,6 +88,7 @@ class TrainConfig:
     max_minutes: float | None = None
     val_metrics: bool = True
     val_limit: int | None = None
+    val_every: int = 1  # validate every N epochs (and always when a run stops)
     validate_first: bool = False
     stage: str | None = None
     init: str | None = None
@@ -145,7 +146,8 @@ class TrainConfig:
             (self.precision in ("bf16", "fp32"), f"precision {self.precision!r} (bf16|fp32)"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"device {self.device!r}"),
             (self.volume_fit in ("resample", "pad_crop"), f"volume_fit {self.volume_fit!r} (resample|pad_crop)"),
-            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
+            (self.epochs >= 1 and self.batch_size >= 1 and self.val_every >= 1,
+             "epochs, batch_size and val_every must be >= 1"),
             (self.lr > 0 and self.min_lr >= 0, "lr must be > 0 and min_lr >= 0"),
             (self.crop is None or self.crop >= 1, f"crop {self.crop}"),
             (self.max_steps is None or self.max_steps >= 0, f"max_steps {self.max_steps}"),
@@ -288,13 +290,17 @@ def _prep(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.T
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device,
              channels_last: bool = False) -> dict[str, float]:
-    """Mean validation loss, loss terms and (when available) `clinicalfmamba` preset metrics on `data`."""
+    """Mean validation loss, loss terms and (when available) `clinicalfmamba` preset metrics on `data`.
+
+    With `cfg.val_limit` N, N items evenly spaced over the (id-sorted) set, so every case is represented.
+    """
     metrics = _metrics_fn(cfg.val_metrics)
-    n = len(data) if cfg.val_limit is None else min(cfg.val_limit, len(data))
+    n = len(data) if cfg.val_limit is None else max(1, min(cfg.val_limit, len(data)))
+    chosen = sorted({round(i * (len(data) - 1) / max(n - 1, 1)) for i in range(n)})
     sums: dict[str, float] = {}
     was_training = model.training
     model.eval()
-    for i in tqdm(range(n), desc="validate", leave=False, disable=n < 2):
+    for i in tqdm(chosen, desc="validate", leave=False, disable=n < 2):
         item = data[i]
         a, b = (_prep(item[k][None], device, channels_last) for k in ("a", "b"))
         with _autocast(cfg, device):
@@ -308,7 +314,7 @@ def evaluate(model: nn.Module, data: Dataset, cfg: TrainConfig, device: torch.de
         for k, v in row.items():
             sums[k] = sums.get(k, 0.0) + v
     model.train(was_training)
-    return {k: v / n for k, v in sums.items()}
+    return {k: v / len(chosen) for k, v in sums.items()}
 
 
 def _check_protocol(model: nn.Module, name: str) -> None:
@@ -461,7 +467,7 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
                    "lr": lr_at(cfg, max(step - 1, 0), total_steps), "seconds": round(seconds, 2)}
             rows.append(row)
             _write_log(out / "log.csv", rows)
-            if best is None or val["val_loss"] < best:
+            if math.isfinite(val["val_loss"]) and (best is None or val["val_loss"] < best):
                 best = val["val_loss"]
                 save_weights(model, out / "best.safetensors", {**meta, "step": str(step)})
                 with atomic_write_path(out / "best.json") as tmp:
@@ -491,12 +497,15 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
             opt.zero_grad(set_to_none=True)
             with _autocast(cfg, device):
                 loss, terms = net(a, b)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise NeurofuseError(f"{cfg.out}: training loss is {loss_value} at step {step + 1} ({cfg.precision}); "
+                                     "the last checkpoint is kept; try --precision fp32 or a lower lr")
             loss.backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             step += 1
-            loss_value = loss.item()
             for k, v in {"loss": loss_value, **terms}.items():
                 acc[k] = acc.get(k, 0.0) + float(v)
             acc_n += 1
@@ -512,7 +521,8 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
             if stop:
                 break
         bar.close()
-        if step % steps_per_epoch == 0 or step >= max_steps or stopped != "done":
+        epoch_end = step % steps_per_epoch == 0 and (step // steps_per_epoch) % cfg.val_every == 0
+        if epoch_end or step >= max_steps or stopped != "done":
             validate()
         if rank == 0:
             checkpoint()
