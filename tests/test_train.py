@@ -235,3 +235,18 @@ def test_val_every_and_limit(pairs, tmp_path):
     train(_cfg(pairs, out, epochs=2, precision="fp32", val_every=2, val_limit=1), model=_seeded())
     with open(out / "log.csv", newline="") as fh:
         assert [int(r["step"]) for r in csv.DictReader(fh)] == [8]  # epoch 1 skipped, the last epoch validated
+
+
+class Exploding(TinyFuse):
+    """Returns a NaN loss: the trainer must stop with a clear error instead of training on it."""
+
+    def training_loss(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, terms = super().training_loss(a, b)
+        return loss * float("nan"), terms
+
+
+def test_non_finite_loss_stops(pairs, tmp_path):
+    from neurofuse.errors import NeurofuseError
+
+    with pytest.raises(NeurofuseError, match="training loss is nan at step 1"):
+        train(_cfg(pairs, tmp_path / "nan", precision="fp32"), model=_seeded(Exploding))
