@@ -198,14 +198,14 @@ def test_window_attention_matches_written_out_reference() -> None:
     attn = WindowAttention(dim=8, heads=2, window=4)
     with torch.no_grad():
         attn.bias_table.normal_()
-    x, ctx = torch.randn(6, 16, 8), torch.randn(6, 16, 8)
-    mask = shift_mask(8, 12, 4, 2, x.device)  # 2x3 windows -> nW = 6, one image
-    fast = attn(x, ctx, mask)
-    q = attn.q(x).view(6, 16, 2, 4).transpose(1, 2)
-    k, v = attn.kv(ctx).view(6, 16, 2, 2, 4).permute(2, 0, 3, 1, 4)
-    ref = window_attention_ref(q, k, v, attn._bias(6, mask))
-    ref = attn.proj(ref.transpose(1, 2).reshape(6, 16, 8))
-    assert torch.allclose(fast, ref, atol=1e-5)
+    x, ctx = torch.randn(12, 16, 8), torch.randn(12, 16, 8)
+    mask = shift_mask(8, 12, 4, 2, x.device)  # 2x3 windows -> nW = 6; two images
+    q = attn.q(x).view(12, 16, 2, 4).transpose(1, 2)
+    k, v = attn.kv(ctx).view(12, 16, 2, 2, 4).permute(2, 0, 3, 1, 4)
+    for m in (mask, None):
+        ref = window_attention_ref(q, k, v, attn.full_bias(12, m))
+        ref = attn.proj(ref.transpose(1, 2).reshape(12, 16, 8))
+        assert torch.allclose(attn(x, ctx, m), ref, atol=1e-5)
 
 
 def test_window_partition_round_trip_and_shift_mask() -> None:

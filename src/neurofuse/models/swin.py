@@ -94,14 +94,17 @@ class WindowAttention(nn.Module):
         rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
         self.register_buffer("rel_index", rel[..., 0] * (2 * window - 1) + rel[..., 1], persistent=False)
 
-    def _bias(self, m: int, mask: torch.Tensor | None) -> torch.Tensor:
+    def relative_bias(self) -> torch.Tensor:
+        """The learned relative-position bias, (heads, N, N)."""
         n = self.window**2
-        bias = self.bias_table[self.rel_index.reshape(-1)].view(n, n, self.heads).permute(2, 0, 1)
-        if mask is None:
-            return bias.unsqueeze(0).expand(m, -1, -1, -1)
-        nw = mask.shape[0]
-        full = bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW, heads, N, N)
-        return full.unsqueeze(0).expand(m // nw, -1, -1, -1, -1).reshape(m, self.heads, n, n)
+        return self.bias_table[self.rel_index.reshape(-1)].view(n, n, self.heads).permute(2, 0, 1)
+
+    def full_bias(self, m: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """Bias plus shift mask materialised for all M windows, (M, heads, N, N) (for the reference)."""
+        bias = self.relative_bias().unsqueeze(0)
+        if mask is not None:
+            bias = (bias + mask.unsqueeze(1)).repeat(m // mask.shape[0], 1, 1, 1)
+        return bias.expand(m, -1, -1, -1)
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
@@ -110,7 +113,14 @@ class WindowAttention(nn.Module):
         context = x if context is None else context
         q = self.q(x).view(m, n, self.heads, c // self.heads).transpose(1, 2)
         k, v = self.kv(context).view(m, n, 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._bias(m, mask).to(q.dtype))
+        bias = self.relative_bias().to(q.dtype)
+        if mask is None:  # (heads, N, N) broadcasts over the windows
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        else:  # windows grouped per image so the (nW, heads, N, N) mask broadcasts over images
+            nw = mask.shape[0]
+            q, k, v = (t.view(m // nw, nw, *t.shape[1:]) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias + mask.unsqueeze(1).to(q.dtype))
+            out = out.flatten(0, 1)
         return self.proj(out.transpose(1, 2).reshape(m, n, c))
 
 
