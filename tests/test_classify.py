@@ -136,5 +136,5 @@ def test_signal_learned_and_null_at_chance(tmp_path: Path):
                         progress=False)
     good = _classify(planted, tmp_path / "r1")
     chance = _classify(null, tmp_path / "r2")
-    assert good["auc_mean"] > 0.75
-    assert abs(chance["auc_mean"] - 0.5) < 0.2
+    assert good["auc_mean"] > 0.75, good
+    assert abs(chance["auc_mean"] - 0.5) < 0.2, chance
