@@ -20,6 +20,7 @@ from numba.extending import intrinsic, overload
 # Only reassociation (so LLVM can vectorise the sum over d_state) and FMA contraction; no
 # finite-math assumptions, so inf/nan from very large inputs behave as in PyTorch.
 _FASTMATH = {"reassoc", "contract"}
+# error_model="numpy": float division follows IEEE (no ZeroDivisionError branch that blocks SIMD).
 
 _F = np.float32
 _ZERO, _ONE, _HALF, _TWENTY = _F(0.0), _F(1.0), _F(0.5), _F(20.0)
@@ -31,6 +32,9 @@ _EXP_HI = _F(88.3)  # above: +inf (exact values up to exp(88.72) are finite; irr
 _INF = _F(np.inf)
 # Taylor coefficients 1/k! of exp on |r| <= ln2/2; truncation error r^8/8! < 1e-8 relative.
 _C2, _C3, _C4, _C5, _C6, _C7 = (_F(1.0 / math.factorial(k)) for k in range(2, 8))
+_TWO = _F(2.0)
+_W = 32  # channels per work item: the SIMD (innermost) dimension of the recurrence
+_L3, _L5, _L7, _L9, _L11, _L13, _L15 = (_F(1.0 / k) for k in range(3, 16, 2))
 
 
 @intrinsic
@@ -82,6 +86,47 @@ def _exp_overload(x):
     return lambda x: math.exp(x)
 
 
+def _log1p_small(w):
+    """log1p(w) for 0 <= w <= 1; in compiled float32 code a vectorisable series."""
+    return math.log1p(w)
+
+
+@overload(_log1p_small)
+def _log1p_small_overload(w):
+    if w == types.float32:
+
+        def log1p_f32(w):
+            # log1p(w) = 2 atanh(s), s = w / (2 + w) in [0, 1/3]; odd series to s^15 (error < 2e-9).
+            s = w / (_TWO + w)
+            s2 = s * s
+            p = _L15
+            p = p * s2 + _L13
+            p = p * s2 + _L11
+            p = p * s2 + _L9
+            p = p * s2 + _L7
+            p = p * s2 + _L5
+            p = p * s2 + _L3
+            p = p * s2 + _ONE
+            return _TWO * s * p
+
+        return log1p_f32
+    return lambda w: math.log1p(w)
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy", inline="always")
+def _softplus(v):
+    """log(1 + exp(v)), = v above 20 (PyTorch's threshold)."""
+    res = max(v, _ZERO) + _log1p_small(_exp(-abs(v)))
+    if v > _TWENTY:
+        res = v
+    return res
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy", inline="always")
+def _sigmoid(x):
+    return _ONE / (_ONE + _exp(-x))
+
+
 def _signature(kind: str, ft: str) -> str:
     a3, a2, a1 = f"{ft}[:,:,:]", f"{ft}[:,:]", f"{ft}[::1]"
     c3, c4 = f"{ft}[:,:,::1]", f"{ft}[:,:,:,::1]"
@@ -93,54 +138,109 @@ def _signature(kind: str, ft: str) -> str:
     return f"void({common}, {c4}, {a3}, {a3}, {c3}, {c3}, {c3}, {c3}, {ft}[:,::1], {c5}, {c5})"
 
 
+@njit(cache=True)
+def _load_row(src, b, d, s0, m, reverse, out):
+    """out[j] = src[b, d, t_j] for the m steps from step s0 (t_j counts down when reverse)."""
+    L = src.shape[2]
+    for j in range(m):
+        out[j] = src[b, d, L - 1 - (s0 + j) if reverse else s0 + j]
+
+
+@njit(cache=True)
+def _store_row(row, b, d, s0, m, reverse, dst):
+    """dst[b, d, t_j] = row[j], the inverse of `_load_row`."""
+    L = dst.shape[2]
+    for j in range(m):
+        dst[b, d, L - 1 - (s0 + j) if reverse else s0 + j] = row[j]
+
+
+@njit(cache=True)
+def _block(item, d_inner, n_groups):
+    """Work item -> (batch index, group, first channel, number of channels) of a channel block."""
+    per_group = d_inner // n_groups
+    blocks = (per_group + _W - 1) // _W
+    b = item // (n_groups * blocks)
+    rest = item - b * n_groups * blocks
+    g = rest // blocks
+    blk = rest - g * blocks
+    return b, g, g * per_group + blk * _W, min(_W, per_group - blk * _W)
+
+
 @njit(
     [_signature("fwd", "f4"), _signature("fwd", "f8")],
     parallel=True,
     cache=True,
     fastmath=_FASTMATH,
+    error_model="numpy",
 )
 def scan_fwd(u, delta, A, Bw, Cw, Dv, z, bias, softplus, has_z, reverse, K, save_ck, y, last, ck):
     """y = scan output (+ D u, * silu(z)); last = final state; ck[.., c, :] = state after (c+1)K steps.
 
     Shapes: u, delta, z (batch, d_inner, L) any strides; A (d_inner, N); Bw, Cw (batch, G, L, N);
     Dv, bias (d_inner,); y (batch, d_inner, L); last (batch, d_inner, N); ck (batch, d_inner, nck, N).
+    A work item is a block of up to _W channels of one group: the innermost loops run over the
+    block's channels (SIMD lanes, B_t and C_t broadcast), the states sit in an (N, _W) buffer.
+    Time goes in blocks of K steps: element-wise prework (softplus, delta*u) and the epilogue
+    (skip, gate) are separate vectorised passes around the recurrence.
     """
     batch, d_inner, L = u.shape
     n_state = A.shape[1]
-    per_group = d_inner // Bw.shape[1]
-    for item in prange(batch * d_inner):
-        b = item // d_inner
-        d = item - b * d_inner
-        g = d // per_group
-        h = np.zeros(n_state, dtype=y.dtype)
-        a_row = np.empty(n_state, dtype=y.dtype)
+    n_groups = Bw.shape[1]
+    items = batch * n_groups * ((d_inner // n_groups + _W - 1) // _W)
+    for item in prange(items):
+        b, g, d0, wn = _block(item, d_inner, n_groups)
+        h = np.zeros((n_state, _W), dtype=y.dtype)
+        a_blk = np.empty((n_state, _W), dtype=y.dtype)
+        dt_buf = np.empty((K, _W), dtype=y.dtype)
+        x_buf = np.empty((K, _W), dtype=y.dtype)
+        y_buf = np.empty((K, _W), dtype=y.dtype)
+        row_u = np.empty(K, dtype=y.dtype)
+        row_v = np.empty(K, dtype=y.dtype)
         for n in range(n_state):
-            a_row[n] = A[d, n]
-        bias_d = bias[d]
-        skip_d = Dv[d]
-        for s in range(L):
-            t = L - 1 - s if reverse else s
-            dt = delta[b, d, t] + bias_d
-            if softplus and dt <= _TWENTY:
-                dt = math.log1p(math.exp(dt))
-            ut = u[b, d, t]
-            x = dt * ut
-            acc = _ZERO
-            for n in range(n_state):
-                hn = _exp(dt * a_row[n]) * h[n] + x * Bw[b, g, t, n]
-                h[n] = hn
-                acc += hn * Cw[b, g, t, n]
-            out = acc + skip_d * ut
-            if has_z:
-                zt = z[b, d, t]
-                out = out * zt / (_ONE + math.exp(-zt))
-            y[b, d, t] = out
-            if save_ck and (s + 1) % K == 0:
-                c = (s + 1) // K - 1
+            for w in range(wn):
+                a_blk[n, w] = A[d0 + w, n]
+        for s0 in range(0, L, K):
+            m = min(K, L - s0)
+            for w in range(wn):
+                _load_row(delta, b, d0 + w, s0, m, reverse, row_v)
+                _load_row(u, b, d0 + w, s0, m, reverse, row_u)
+                bias_d = bias[d0 + w]
+                for j in range(m):
+                    row_v[j] += bias_d
+                if softplus:
+                    for j in range(m):
+                        row_v[j] = _softplus(row_v[j])
+                for j in range(m):
+                    dt_buf[j, w] = row_v[j]
+                    x_buf[j, w] = row_v[j] * row_u[j]
+            for j in range(m):
+                t = L - 1 - (s0 + j) if reverse else s0 + j
+                for w in range(wn):
+                    y_buf[j, w] = 0
                 for n in range(n_state):
-                    ck[b, d, c, n] = h[n]
-        for n in range(n_state):
-            last[b, d, n] = h[n]
+                    bn = Bw[b, g, t, n]
+                    cn = Cw[b, g, t, n]
+                    for w in range(wn):
+                        hn = _exp(dt_buf[j, w] * a_blk[n, w]) * h[n, w] + x_buf[j, w] * bn
+                        h[n, w] = hn
+                        y_buf[j, w] += hn * cn
+            for w in range(wn):
+                _load_row(u, b, d0 + w, s0, m, reverse, row_u)
+                skip_d = Dv[d0 + w]
+                for j in range(m):
+                    row_u[j] = y_buf[j, w] + skip_d * row_u[j]
+                if has_z:
+                    _load_row(z, b, d0 + w, s0, m, reverse, row_v)
+                    for j in range(m):
+                        row_u[j] = row_u[j] * row_v[j] * _sigmoid(row_v[j])
+                _store_row(row_u, b, d0 + w, s0, m, reverse, y)
+            if save_ck and m == K:
+                for w in range(wn):
+                    for n in range(n_state):
+                        ck[b, d0 + w, s0 // K, n] = h[n, w]
+        for w in range(wn):
+            for n in range(n_state):
+                last[b, d0 + w, n] = h[n, w]
 
 
 @njit(
@@ -148,6 +248,7 @@ def scan_fwd(u, delta, A, Bw, Cw, Dv, z, bias, softplus, has_z, reverse, K, save
     parallel=True,
     cache=True,
     fastmath=_FASTMATH,
+    error_model="numpy",
 )
 def scan_bwd(
     u, delta, A, Bw, Cw, Dv, z, bias, softplus, has_z, reverse, K,
@@ -155,89 +256,128 @@ def scan_bwd(
 ):  # fmt: skip
     """Reverse-time adjoint of `scan_fwd`, chunk by chunk from the checkpoints `ck`.
 
-    Per chunk of K steps the states (and decays) are recomputed from the checkpoint into a (K+1, N)
-    buffer, then walked backwards with the adjoint g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}.
-    ddelta is the gradient w.r.t. the raw delta (softplus derivative included). Per-item results:
+    Per chunk of K steps the states (and decays) are recomputed from the checkpoint into a
+    (K+1, N, _W) buffer, then walked backwards with the adjoint g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}.
+    ddelta is the gradient w.r.t. the raw delta (softplus derivative included). Per-channel results:
     dA_part (batch, d_inner, N), dD_part (batch, d_inner); B/C gradients are accumulated per worker
     into dB_part, dC_part (workers, batch, G, L, N) so no two threads write the same element.
     """
     batch, d_inner, L = u.shape
     n_state = A.shape[1]
-    per_group = d_inner // Bw.shape[1]
+    n_groups = Bw.shape[1]
     n_chunks = (L + K - 1) // K
     workers = dB_part.shape[0]
-    total = batch * d_inner
-    span = (total + workers - 1) // workers
-    for w in prange(workers):
-        hbuf = np.empty((K + 1, n_state), dtype=du.dtype)
-        abuf = np.empty((K, n_state), dtype=du.dtype)
-        dt_buf = np.empty(K, dtype=du.dtype)
-        dsp_buf = np.empty(K, dtype=du.dtype)
-        y_buf = np.empty(K, dtype=du.dtype)
-        gst = np.empty(n_state, dtype=du.dtype)
-        dA_acc = np.empty(n_state, dtype=du.dtype)
-        a_row = np.empty(n_state, dtype=du.dtype)
-        for item in range(w * span, min(total, (w + 1) * span)):
-            b = item // d_inner
-            d = item - b * d_inner
-            g = d // per_group
+    items = batch * n_groups * ((d_inner // n_groups + _W - 1) // _W)
+    span = (items + workers - 1) // workers
+    for wk in prange(workers):
+        ft = du.dtype
+        hbuf = np.empty((K + 1, n_state, _W), dtype=ft)
+        abuf = np.empty((K, n_state, _W), dtype=ft)
+        dt_buf = np.empty((K, _W), dtype=ft)
+        dsp_buf = np.empty((K, _W), dtype=ft)
+        x_buf = np.empty((K, _W), dtype=ft)
+        y_buf = np.empty((K, _W), dtype=ft)
+        gy_buf = np.empty((K, _W), dtype=ft)
+        gst = np.empty((n_state, _W), dtype=ft)
+        dA_acc = np.empty((n_state, _W), dtype=ft)
+        a_blk = np.empty((n_state, _W), dtype=ft)
+        sum_gb = np.empty(_W, dtype=ft)
+        sum_da = np.empty(_W, dtype=ft)
+        dD_acc = np.empty(_W, dtype=ft)
+        row_u = np.empty(K, dtype=ft)
+        row_v = np.empty(K, dtype=ft)
+        row_z = np.empty(K, dtype=ft)
+        row_g = np.empty(K, dtype=ft)
+        row_dz = np.empty(K, dtype=ft)
+        for item in range(wk * span, min(items, (wk + 1) * span)):
+            b, g, d0, wn = _block(item, d_inner, n_groups)
             for n in range(n_state):
-                a_row[n] = A[d, n]
-                gst[n] = dlast[b, d, n]
-                dA_acc[n] = 0
-            bias_d = bias[d]
-            skip_d = Dv[d]
-            dD_acc = _ZERO
+                for w in range(wn):
+                    a_blk[n, w] = A[d0 + w, n]
+                    gst[n, w] = dlast[b, d0 + w, n]
+                    dA_acc[n, w] = 0
+            for w in range(wn):
+                dD_acc[w] = 0
             for c in range(n_chunks - 1, -1, -1):
                 s0 = c * K
                 m = min(s0 + K, L) - s0
                 for n in range(n_state):
-                    hbuf[0, n] = ck[b, d, c - 1, n] if c > 0 else 0
-                for j in range(m):
+                    for w in range(wn):
+                        hbuf[0, n, w] = ck[b, d0 + w, c - 1, n] if c > 0 else 0
+                for w in range(wn):  # element-wise prework, vectorised over the chunk
+                    _load_row(delta, b, d0 + w, s0, m, reverse, row_v)
+                    _load_row(u, b, d0 + w, s0, m, reverse, row_u)
+                    bias_d = bias[d0 + w]
+                    for j in range(m):
+                        row_v[j] += bias_d
+                    if softplus:
+                        for j in range(m):
+                            row_z[j] = _softplus(row_v[j])
+                            dsp_buf[j, w] = _sigmoid(row_v[j])
+                    else:
+                        for j in range(m):
+                            row_z[j] = row_v[j]
+                            dsp_buf[j, w] = 1
+                    for j in range(m):
+                        dt_buf[j, w] = row_z[j]
+                        x_buf[j, w] = row_z[j] * row_u[j]
+                for j in range(m):  # recompute the chunk's states
                     t = L - 1 - (s0 + j) if reverse else s0 + j
-                    v = delta[b, d, t] + bias_d
-                    dt = v
-                    dsp = _ONE
-                    if softplus and v <= _TWENTY:
-                        e = math.exp(v)
-                        dt = math.log1p(e)
-                        dsp = e / (_ONE + e)
-                    dt_buf[j] = dt
-                    dsp_buf[j] = dsp
-                    x = dt * u[b, d, t]
-                    acc = _ZERO
+                    for w in range(wn):
+                        y_buf[j, w] = 0
                     for n in range(n_state):
-                        a = _exp(dt * a_row[n])
-                        abuf[j, n] = a
-                        hn = a * hbuf[j, n] + x * Bw[b, g, t, n]
-                        hbuf[j + 1, n] = hn
-                        acc += hn * Cw[b, g, t, n]
-                    y_buf[j] = acc
-                for j in range(m - 1, -1, -1):
-                    t = L - 1 - (s0 + j) if reverse else s0 + j
-                    ut = u[b, d, t]
-                    dt = dt_buf[j]
-                    gy = dy[b, d, t]
+                        bn = Bw[b, g, t, n]
+                        cn = Cw[b, g, t, n]
+                        for w in range(wn):
+                            a = _exp(dt_buf[j, w] * a_blk[n, w])
+                            abuf[j, n, w] = a
+                            hn = a * hbuf[j, n, w] + x_buf[j, w] * bn
+                            hbuf[j + 1, n, w] = hn
+                            y_buf[j, w] += hn * cn
+                for w in range(wn):  # gradients of the gate and the skip, vectorised over the chunk
+                    _load_row(u, b, d0 + w, s0, m, reverse, row_u)
+                    _load_row(dy, b, d0 + w, s0, m, reverse, row_g)
+                    skip_d = Dv[d0 + w]
                     if has_z:
-                        zt = z[b, d, t]
-                        sg = _ONE / (_ONE + math.exp(-zt))
-                        dz[b, d, t] = gy * (y_buf[j] + skip_d * ut) * sg * (_ONE + zt * (_ONE - sg))
-                        gy = gy * zt * sg
-                    dD_acc += gy * ut
-                    x = dt * ut
-                    sum_gb = _ZERO
-                    sum_da = _ZERO
+                        _load_row(z, b, d0 + w, s0, m, reverse, row_z)
+                        for j in range(m):
+                            zt = row_z[j]
+                            sg = _sigmoid(zt)
+                            out = y_buf[j, w] + skip_d * row_u[j]
+                            row_dz[j] = row_g[j] * out * sg * (_ONE + zt * (_ONE - sg))
+                            row_g[j] = row_g[j] * zt * sg
+                        _store_row(row_dz, b, d0 + w, s0, m, reverse, dz)
+                    acc = _ZERO
+                    for j in range(m):
+                        gy_buf[j, w] = row_g[j]
+                        acc += row_g[j] * row_u[j]
+                    dD_acc[w] += acc
+                for j in range(m - 1, -1, -1):  # the adjoint recurrence, backwards in time
+                    t = L - 1 - (s0 + j) if reverse else s0 + j
+                    for w in range(wn):
+                        sum_gb[w] = 0
+                        sum_da[w] = 0
                     for n in range(n_state):
-                        gn = gst[n] + gy * Cw[b, g, t, n]
-                        dC_part[w, b, g, t, n] += gy * hbuf[j + 1, n]
-                        dB_part[w, b, g, t, n] += gn * x
-                        sum_gb += gn * Bw[b, g, t, n]
-                        da = gn * hbuf[j, n] * abuf[j, n]
-                        sum_da += da * a_row[n]
-                        dA_acc[n] += da * dt
-                        gst[n] = gn * abuf[j, n]
-                    du[b, d, t] = gy * skip_d + dt * sum_gb
-                    ddelta[b, d, t] = (ut * sum_gb + sum_da) * dsp_buf[j]
-            for n in range(n_state):
-                dA_part[b, d, n] = dA_acc[n]
-            dD_part[b, d] = dD_acc
+                        bn = Bw[b, g, t, n]
+                        cn = Cw[b, g, t, n]
+                        db = _ZERO
+                        dc = _ZERO
+                        for w in range(wn):
+                            gn = gst[n, w] + gy_buf[j, w] * cn
+                            dc += gy_buf[j, w] * hbuf[j + 1, n, w]
+                            db += gn * x_buf[j, w]
+                            sum_gb[w] += gn * bn
+                            da = gn * hbuf[j, n, w] * abuf[j, n, w]
+                            sum_da[w] += da * a_blk[n, w]
+                            dA_acc[n, w] += da * dt_buf[j, w]
+                            gst[n, w] = gn * abuf[j, n, w]
+                        dB_part[wk, b, g, t, n] += db
+                        dC_part[wk, b, g, t, n] += dc
+                    for w in range(wn):
+                        ut = u[b, d0 + w, t]
+                        du[b, d0 + w, t] = gy_buf[j, w] * Dv[d0 + w] + dt_buf[j, w] * sum_gb[w]
+                        ddelta[b, d0 + w, t] = (ut * sum_gb[w] + sum_da[w]) * dsp_buf[j, w]
+            for w in range(wn):
+                for n in range(n_state):
+                    dA_part[b, d0 + w, n] = dA_acc[n, w]
+                dD_part[b, d0 + w] = dD_acc[w]

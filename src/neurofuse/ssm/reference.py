@@ -57,10 +57,12 @@ def selective_scan_ref(
     Cx = _expand_groups(C, d_inner)
     h = u.new_zeros(batch, d_inner, A.shape[1])
     ys = []
-    for t in range(L):
-        dA = torch.exp(delta[:, :, t, None] * A)
-        h = dA * h + (delta[:, :, t] * u[:, :, t])[:, :, None] * Bx[:, :, :, t]
-        ys.append((h * Cx[:, :, :, t]).sum(-1))
+    # unbind (not indexing) per step: its backward stacks the L slices once instead of L full-size zero
+    # tensors, which would make the reference's backward quadratic in L.
+    steps = zip(delta.unbind(-1), (delta * u).unbind(-1), Bx.unbind(-1), Cx.unbind(-1), strict=True)
+    for dt, x, Bt, Ct in steps:
+        h = torch.exp(dt[:, :, None] * A) * h + x[:, :, None] * Bt
+        ys.append((h * Ct).sum(-1))
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + u * D.to(ft)[None, :, None]
