@@ -128,30 +128,41 @@ def _sigmoid(x):
 
 
 def _signature(kind: str, ft: str) -> str:
-    a3, a2, a1 = f"{ft}[:,:,:]", f"{ft}[:,:]", f"{ft}[::1]"
+    """Sequences (u, delta, z, dy) are any-stride 4D (batch, d_inner, L1, L2); the rest C-contiguous."""
+    a4, a2, a1 = f"{ft}[:,:,:,:]", f"{ft}[:,:]", f"{ft}[::1]"
     c3, c4 = f"{ft}[:,:,::1]", f"{ft}[:,:,:,::1]"
-    common = f"{a3}, {a3}, {a2}, {c4}, {c4}, {a1}, {a3}, {a1}, b1, b1, b1, i8"
+    common = f"{a4}, {a4}, {a2}, {c4}, {c4}, {a1}, {a4}, {a1}, b1, b1, b1, i8"
     if kind == "fwd":  # ..., save_ck, y, last, ck
-        return f"void({common}, b1, {c3}, {c3}, {c4})"
+        return f"void({common}, b1, {c4}, {c3}, {c4})"
     # ..., ck, dy, dlast, du, ddelta, dz, dA_part, dD_part, dB_part, dC_part
     c5 = f"{ft}[:,:,:,:,::1]"
-    return f"void({common}, {c4}, {a3}, {a3}, {c3}, {c3}, {c3}, {c3}, {ft}[:,::1], {c5}, {c5})"
+    return f"void({common}, {c4}, {a4}, {c3}, {c4}, {c4}, {c4}, {c3}, {ft}[:,::1], {c5}, {c5})"
 
 
 @njit(cache=True)
 def _load_row(src, b, d, s0, m, reverse, out):
-    """out[j] = src[b, d, t_j] for the m steps from step s0 (t_j counts down when reverse)."""
-    L = src.shape[2]
+    """out[j] = src[b, d, t_j] for the m steps from step s0 (t_j counts down when reverse).
+
+    src is (batch, d_inner, L1, L2): the sequence is its last two axes read row-major through their
+    strides, so a transposed (column-major) grid view needs no copy.
+    """
+    L2 = src.shape[3]
+    L = src.shape[2] * L2
     for j in range(m):
-        out[j] = src[b, d, L - 1 - (s0 + j) if reverse else s0 + j]
+        t = L - 1 - (s0 + j) if reverse else s0 + j
+        i = t // L2
+        out[j] = src[b, d, i, t - i * L2]
 
 
 @njit(cache=True)
 def _store_row(row, b, d, s0, m, reverse, dst):
     """dst[b, d, t_j] = row[j], the inverse of `_load_row`."""
-    L = dst.shape[2]
+    L2 = dst.shape[3]
+    L = dst.shape[2] * L2
     for j in range(m):
-        dst[b, d, L - 1 - (s0 + j) if reverse else s0 + j] = row[j]
+        t = L - 1 - (s0 + j) if reverse else s0 + j
+        i = t // L2
+        dst[b, d, i, t - i * L2] = row[j]
 
 
 @njit(cache=True)
@@ -183,7 +194,8 @@ def scan_fwd(u, delta, A, Bw, Cw, Dv, z, bias, softplus, has_z, reverse, K, save
     Time goes in blocks of K steps: element-wise prework (softplus, delta*u) and the epilogue
     (skip, gate) are separate vectorised passes around the recurrence.
     """
-    batch, d_inner, L = u.shape
+    batch, d_inner = u.shape[0], u.shape[1]
+    L = u.shape[2] * u.shape[3]
     n_state = A.shape[1]
     n_groups = Bw.shape[1]
     items = batch * n_groups * ((d_inner // n_groups + _W - 1) // _W)
@@ -262,7 +274,8 @@ def scan_bwd(
     dA_part (batch, d_inner, N), dD_part (batch, d_inner); B/C gradients are accumulated per worker
     into dB_part, dC_part (workers, batch, G, L, N) so no two threads write the same element.
     """
-    batch, d_inner, L = u.shape
+    batch, d_inner = u.shape[0], u.shape[1]
+    L = u.shape[2] * u.shape[3]
     n_state = A.shape[1]
     n_groups = Bw.shape[1]
     n_chunks = (L + K - 1) // K
@@ -289,6 +302,7 @@ def scan_bwd(
         row_z = np.empty(K, dtype=ft)
         row_g = np.empty(K, dtype=ft)
         row_dz = np.empty(K, dtype=ft)
+        u_buf = np.empty((K, _W), dtype=ft)
         for item in range(wk * span, min(items, (wk + 1) * span)):
             b, g, d0, wn = _block(item, d_inner, n_groups)
             for n in range(n_state):
@@ -321,6 +335,7 @@ def scan_bwd(
                     for j in range(m):
                         dt_buf[j, w] = row_z[j]
                         x_buf[j, w] = row_z[j] * row_u[j]
+                        u_buf[j, w] = row_u[j]
                 for j in range(m):  # recompute the chunk's states
                     t = L - 1 - (s0 + j) if reverse else s0 + j
                     for w in range(wn):
@@ -373,10 +388,16 @@ def scan_bwd(
                             gst[n, w] = gn * abuf[j, n, w]
                         dB_part[wk, b, g, t, n] += db
                         dC_part[wk, b, g, t, n] += dc
-                    for w in range(wn):
-                        ut = u[b, d0 + w, t]
-                        du[b, d0 + w, t] = gy_buf[j, w] * Dv[d0 + w] + dt_buf[j, w] * sum_gb[w]
-                        ddelta[b, d0 + w, t] = (ut * sum_gb[w] + sum_da[w]) * dsp_buf[j, w]
+                    for w in range(wn):  # du, ddelta into the (now free) y_buf, x_buf rows
+                        ut = u_buf[j, w]
+                        y_buf[j, w] = gy_buf[j, w] * Dv[d0 + w] + dt_buf[j, w] * sum_gb[w]
+                        x_buf[j, w] = (ut * sum_gb[w] + sum_da[w]) * dsp_buf[j, w]
+                for w in range(wn):
+                    for j in range(m):
+                        row_u[j] = y_buf[j, w]
+                        row_v[j] = x_buf[j, w]
+                    _store_row(row_u, b, d0 + w, s0, m, reverse, du)
+                    _store_row(row_v, b, d0 + w, s0, m, reverse, ddelta)
             for w in range(wn):
                 for n in range(n_state):
                     dA_part[b, d0 + w, n] = dA_acc[n, w]

@@ -12,6 +12,9 @@ Shapes: u, delta, z (batch, d_inner, L); A (d_inner, d_state); B, C (batch, d_st
 step (batch, d_inner, d_state). Computation is float32 for half, bfloat16 and float32 inputs, float64
 for float64 inputs. `reverse=True` scans from position L-1 down to 0, output aligned with the input
 positions (= flip, scan, flip back); the last state is then the one after position 0.
+A 2-axis sequence is accepted too: u, delta, z (batch, d_inner, L1, L2) and B, C
+(batch, [groups,] d_state, L1, L2), scanned in the row-major order of the given view, y of u's shape;
+so a transposed grid view x.transpose(-1, -2) is a column-major scan, with no copy in the numba backend.
 
 Backends (`available_backends()` lists those usable here):
   reference  plain step-by-step PyTorch loop (`selective_scan_ref`), the ground truth;
@@ -125,19 +128,28 @@ def selective_scan(
 
     `backend`: "auto" or one of `BACKENDS`; see `available_backends()`.
     """
-    if u.dim() != 3 or delta.shape != u.shape or A.dim() != 2 or A.shape[0] != u.shape[1]:
+    if u.dim() not in (3, 4) or delta.shape != u.shape or A.dim() != 2 or A.shape[0] != u.shape[1]:
         shapes = f"u {tuple(u.shape)}, delta {tuple(delta.shape)}, A {tuple(A.shape)}"
         raise ValueError(f"selective_scan: bad shapes {shapes}")
-    if B.dim() == 4 and u.shape[1] % B.shape[1]:
+    n_seq = u.dim() - 2
+    if B.dim() == 3 + n_seq and u.shape[1] % B.shape[1]:
         raise ValueError(f"selective_scan: d_inner {u.shape[1]} is not a multiple of groups {B.shape[1]}")
     name = resolve_backend(backend, u.device)
-    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse)
     if name == "numba":
         from neurofuse.ssm.cpu import selective_scan_numba
 
-        return selective_scan_numba(*args)
+        return selective_scan_numba(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse)
+    grid = u.shape
+    if n_seq == 2:  # the other backends take one flat sequence axis (a copy for non-contiguous views)
+        u, delta, B, C = (t.flatten(-2) for t in (u, delta, B, C))
+        z = z.flatten(-2) if z is not None else None
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse)
     if name == "chunked":
-        return selective_scan_chunked(*args)
-    if name == "mamba_ssm":
-        return _mamba_scan(*args)
-    return selective_scan_ref(*args)
+        out = selective_scan_chunked(*args)
+    elif name == "mamba_ssm":
+        out = _mamba_scan(*args)
+    else:
+        out = selective_scan_ref(*args)
+    if n_seq == 1:
+        return out
+    return (out[0].view(grid), out[1]) if return_last_state else out.view(grid)
