@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -327,7 +327,8 @@ def load_preprocessed(case: BratsCase, cfg: PreprocessConfig, cache_dir: str | P
     return arrays
 
 
-def cached_array(case: BratsCase, settings: dict, cache_dir: str | Path | None, make) -> np.ndarray:
+def cached_array(case: BratsCase, settings: dict, cache_dir: str | Path | None,
+                 make: Callable[[], np.ndarray]) -> np.ndarray:
     """A derived array of `case` (e.g. a fused volume) from the cache, or `make()` stored there."""
     if cache_dir is None:
         return make()

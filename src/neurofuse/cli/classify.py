@@ -29,6 +29,8 @@ from neurofuse.errors import InputError
 @click.option("--slices", default=8, show_default=True, help="2D: tumour-bearing axial slices per case.")
 @click.option("--mode", type=click.Choice(["resample", "crop"]), default="resample", show_default=True,
               help="Brain box to grid: scale to fit, or crop/pad at native resolution.")
+@click.option("--clip-percentiles", nargs=2, type=float, default=(0.5, 99.5), show_default=True,
+              help="Brain intensity percentiles mapped to 0 and 1 (per volume).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=1, show_default=True,
               help="Torch CPU threads (small models run fastest on one thread of a shared CPU).")
@@ -36,7 +38,8 @@ from neurofuse.errors import InputError
               help="Cache folder for preprocessed/fused arrays (default OUT/cache).")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
 def classify(root: Path, inputs: tuple[str, ...], dims: str, folds: int, repeats: int, epochs: int,
-             batch_size: int | None, lr: float, size: int, slices: int, mode: str, seed: int, threads: int,
+             batch_size: int | None, lr: float, size: int, slices: int, mode: str,
+             clip_percentiles: tuple[float, float], seed: int, threads: int,
              cache: Path | None, out: Path) -> None:
     """HGG vs LGG with a small ResNet per input variant; writes the table (CSV + Markdown), out-of-fold
     predictions and ROC curves (PNG) to OUT."""
@@ -47,7 +50,7 @@ def classify(root: Path, inputs: tuple[str, ...], dims: str, folds: int, repeats
     if ungraded:
         raise InputError(f"{root}: {len(ungraded)} case(s) without a grade, e.g. {ungraded[0]}")
     torch.set_num_threads(threads)
-    pre = PreprocessConfig(size=size, mode=mode)
+    pre = PreprocessConfig(size=size, mode=mode, clip_percentiles=tuple(clip_percentiles))
     results = []
     start = time.perf_counter()
     for d in ((2, 3) if dims == "both" else (int(dims),)):
