@@ -130,11 +130,14 @@ def _classify(root: Path, out: Path) -> dict[str, float]:
 
 def test_signal_learned_and_null_at_chance(tmp_path: Path):
     """60 cases at 32^3, planted effect d = 2 (ideal AUC 0.98 from both modalities): the stacked 2D
-    classifier must be clearly above chance; the same images with shuffled grades must be at chance."""
+    classifier must be clearly above chance; the same images with shuffled grades must be at chance.
+    (Cross-validated AUC on pure noise leans below 0.5 at this n; measured here 0.37-0.42 over seeds, the
+    planted cohort 0.83-0.86.)"""
     planted = write_cohort(tmp_path / "planted", SynthConfig(cases=60, size=32, effect=2.0), progress=False)
     null = write_cohort(tmp_path / "null", SynthConfig(cases=60, size=32, effect=2.0, shuffle_labels=True),
                         progress=False)
     good = _classify(planted, tmp_path / "r1")
     chance = _classify(null, tmp_path / "r2")
     assert good["auc_mean"] > 0.75, good
-    assert abs(chance["auc_mean"] - 0.5) < 0.2, chance
+    assert 0.25 < chance["auc_mean"] < 0.65, chance  # no signal found, within chance spread
+    assert good["auc_mean"] - chance["auc_mean"] > 0.3
