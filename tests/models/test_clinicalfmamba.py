@@ -109,8 +109,8 @@ def test_tiny_model_overfits_one_pair(name, shape, steps, factor):
         loss, _ = m.training_loss(a, b)
         loss.backward()
         opt.step()
-        first = float(loss) if first is None else first
-    assert float(loss) < factor * first
+        first = loss.item() if first is None else first
+    assert loss.item() < factor * first
 
 
 def _scan_with_reverse(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
