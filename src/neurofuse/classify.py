@@ -234,18 +234,20 @@ class TrainConfig:
     weight_decay: float = 1e-3
     widths: tuple[int, ...] = (8, 16, 32)
     blocks: tuple[int, ...] = (1, 1, 1)
+    device: str = "cpu"
 
 
 def train_classifier(x: np.ndarray, y: np.ndarray, spatial_dims: int, cfg: TrainConfig, seed: int) -> ResNet:
-    """A ResNet trained on samples x (N, C, *S) with labels y (N,) in {0, 1}."""
+    """A ResNet trained on samples x (N, C, *S; float16 or float32) with labels y (N,) in {0, 1}."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = ResNet(ResNetConfig(spatial_dims, x.shape[1], cfg.widths, cfg.blocks))
+    dev = torch.device(cfg.device)
+    model = ResNet(ResNetConfig(spatial_dims, x.shape[1], cfg.widths, cfg.blocks)).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * math.ceil(len(x) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1))
     n_pos = float(y.sum())
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(y) - n_pos) / max(n_pos, 1.0)))
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(y) - n_pos) / max(n_pos, 1.0), device=dev))
     xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
     model.train()
     for _ in range(cfg.epochs):
@@ -254,10 +256,10 @@ def train_classifier(x: np.ndarray, y: np.ndarray, spatial_dims: int, cfg: Train
             b = order[start:start + cfg.batch_size]
             if len(b) < 2:  # batch norm needs two samples
                 continue
-            xb = xt[b]
-            flip = torch.from_numpy(rng.random(len(b)) < 0.5)
+            xb = xt[b].to(dev, torch.float32)
+            flip = torch.from_numpy(rng.random(len(b)) < 0.5).to(dev)
             xb = torch.where(flip.view(-1, *[1] * (xb.ndim - 1)), xb.flip(2), xb)  # left-right (axis i)
-            loss = loss_fn(model(xb), yt[b])
+            loss = loss_fn(model(xb), yt[b].to(dev))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -267,9 +269,11 @@ def train_classifier(x: np.ndarray, y: np.ndarray, spatial_dims: int, cfg: Train
 
 @torch.no_grad()
 def predict(model: ResNet, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Probabilities of HGG for samples x (N, C, *S)."""
+    """Probabilities of HGG for samples x (N, C, *S), on the model's device."""
+    dev = next(model.parameters()).device
     xt = torch.from_numpy(x)
-    return np.concatenate([torch.sigmoid(model(xt[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)])
+    return np.concatenate([torch.sigmoid(model(xt[i:i + batch_size].to(dev, torch.float32))).cpu().numpy()
+                           for i in range(0, len(x), batch_size)])
 
 
 @dataclass
@@ -295,7 +299,7 @@ def cross_validate(cases: Sequence[BratsCase], variant: str, data: DataConfig, t
                    progress: bool = True) -> VariantResult:
     """Stratified patient-level k-fold CV of one input variant, repeated `repeats` times (seeds seed+r)."""
     labels = np.array([c.label for c in cases])
-    inputs = [case_inputs(c, variant, data, cache_dir) for c in
+    inputs = [case_inputs(c, variant, data, cache_dir).astype(np.float16) for c in  # half the memory
               tqdm(cases, desc=f"inputs {variant} {data.dims}D", unit="case", disable=not progress, leave=False)]
     result = VariantResult(variant, data.dims)
     bar = tqdm(total=folds * repeats, desc=f"CV {variant} {data.dims}D", unit="fold", disable=not progress)

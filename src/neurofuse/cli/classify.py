@@ -11,7 +11,7 @@ import torch
 from neurofuse.brats import PreprocessConfig, discover
 from neurofuse.classify import DataConfig, TrainConfig, cross_validate, parse_input, write_reports
 from neurofuse.cli.app import main
-from neurofuse.errors import InputError
+from neurofuse.errors import InputError, UsageError
 
 
 @main.command("classify")
@@ -32,6 +32,7 @@ from neurofuse.errors import InputError
 @click.option("--clip-percentiles", nargs=2, type=float, default=(0.5, 99.5), show_default=True,
               help="Brain intensity percentiles mapped to 0 and 1 (per volume).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="Torch device for training (cpu, cuda, ...).")
 @click.option("--threads", default=1, show_default=True,
               help="Torch CPU threads (small models run fastest on one thread of a shared CPU).")
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
@@ -39,7 +40,7 @@ from neurofuse.errors import InputError
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
 def classify(root: Path, inputs: tuple[str, ...], dims: str, folds: int, repeats: int, epochs: int,
              batch_size: int | None, lr: float, size: int, slices: int, mode: str,
-             clip_percentiles: tuple[float, float], seed: int, threads: int,
+             clip_percentiles: tuple[float, float], seed: int, device: str, threads: int,
              cache: Path | None, out: Path) -> None:
     """HGG vs LGG with a small ResNet per input variant; writes the table (CSV + Markdown), out-of-fold
     predictions and ROC curves (PNG) to OUT."""
@@ -49,12 +50,18 @@ def classify(root: Path, inputs: tuple[str, ...], dims: str, folds: int, repeats
     ungraded = [c.id for c in cases if c.grade is None]
     if ungraded:
         raise InputError(f"{root}: {len(ungraded)} case(s) without a grade, e.g. {ungraded[0]}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device!r}: not a torch device") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device!r}: CUDA is not available in this torch build")
     torch.set_num_threads(threads)
     pre = PreprocessConfig(size=size, mode=mode, clip_percentiles=tuple(clip_percentiles))
     results = []
     start = time.perf_counter()
     for d in ((2, 3) if dims == "both" else (int(dims),)):
-        train = TrainConfig(epochs=epochs, batch_size=batch_size or (16 if d == 2 else 4), lr=lr)
+        train = TrainConfig(epochs=epochs, batch_size=batch_size or (16 if d == 2 else 4), lr=lr, device=device)
         data = DataConfig(dims=d, slices=slices, pre=pre)
         for v in inputs:
             res = cross_validate(cases, v, data, train, folds, repeats, seed, cache or out / "cache")
