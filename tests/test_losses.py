@@ -91,3 +91,16 @@ def test_l1_and_l2_differ():
     assert fusion_loss(f, a, b, 2, norm="l1")[1]["gradient"] != fusion_loss(f, a, b, 2, norm="l2")[1]["gradient"]
     with pytest.raises(ValueError):
         fusion_loss(f, a, b, 2, norm="l3")
+
+
+def test_loss_is_float32_exact_under_bf16_autocast():
+    """SSIM's variance terms cancel in bf16; the loss must not change inside an autocast region."""
+    from neurofuse.losses import fusion_loss_2d
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 1, 64, 64, generator=g), torch.rand(2, 1, 64, 64, generator=g)
+    f = 0.5 * (a + b)
+    ref, _ = fusion_loss_2d(f, a, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp, _ = fusion_loss_2d(f, a, b)
+    assert torch.isfinite(amp) and abs(float(amp) - float(ref)) < 1e-5

@@ -27,23 +27,25 @@ def _gauss1d(size: int, sigma: float, device, dtype) -> torch.Tensor:
 def _separable(x: torch.Tensor, kernels: list[torch.Tensor | None], padding: str = "valid") -> torch.Tensor:
     """Apply a 1D kernel along each spatial axis (None: skip) of x (N, C, *S), channel-wise.
 
-    padding "valid" shrinks each filtered axis; "replicate" keeps the size.
+    padding "valid" shrinks each filtered axis; "replicate" keeps the size. Always float32, also
+    inside an autocast region: SSIM's variance terms cancel catastrophically in bf16.
     """
     nd = x.dim() - 2
     n, c = x.shape[:2]
-    y = x.reshape(n * c, 1, *x.shape[2:])
+    y = x.float().reshape(n * c, 1, *x.shape[2:])
     conv = {2: F.conv2d, 3: F.conv3d}[nd]
-    for axis, k in enumerate(kernels):
-        if k is None:
-            continue
-        shape = [1] * nd
-        shape[axis] = k.numel()
-        if padding == "replicate":
-            pad = [0] * (2 * nd)
-            half = k.numel() // 2
-            pad[2 * (nd - 1 - axis)] = pad[2 * (nd - 1 - axis) + 1] = half
-            y = F.pad(y, pad, mode="replicate")
-        y = conv(y, k.view(1, 1, *shape))
+    with torch.autocast(x.device.type, enabled=False):
+        for axis, k in enumerate(kernels):
+            if k is None:
+                continue
+            shape = [1] * nd
+            shape[axis] = k.numel()
+            if padding == "replicate":
+                pad = [0] * (2 * nd)
+                half = k.numel() // 2
+                pad[2 * (nd - 1 - axis)] = pad[2 * (nd - 1 - axis) + 1] = half
+                y = F.pad(y, pad, mode="replicate")
+            y = conv(y, k.float().view(1, 1, *shape))
     return y.reshape(n, c, *y.shape[2:])
 
 
