@@ -148,10 +148,19 @@ def _load_row(src, b, d, s0, m, reverse, out):
     """
     L2 = src.shape[3]
     L = src.shape[2] * L2
-    for j in range(m):
-        t = L - 1 - (s0 + j) if reverse else s0 + j
-        i = t // L2
-        out[j] = src[b, d, i, t - i * L2]
+    t = L - 1 - s0 if reverse else s0
+    i = t // L2
+    k = t - i * L2
+    step = -1 if reverse else 1
+    for j in range(m):  # walk (i, k) with a carry instead of a division per element
+        out[j] = src[b, d, i, k]
+        k += step
+        if k == L2:
+            k = 0
+            i += 1
+        elif k < 0:
+            k = L2 - 1
+            i -= 1
 
 
 @njit(cache=True)
@@ -159,10 +168,19 @@ def _store_row(row, b, d, s0, m, reverse, dst):
     """dst[b, d, t_j] = row[j], the inverse of `_load_row`."""
     L2 = dst.shape[3]
     L = dst.shape[2] * L2
+    t = L - 1 - s0 if reverse else s0
+    i = t // L2
+    k = t - i * L2
+    step = -1 if reverse else 1
     for j in range(m):
-        t = L - 1 - (s0 + j) if reverse else s0 + j
-        i = t // L2
-        dst[b, d, i, t - i * L2] = row[j]
+        dst[b, d, i, k] = row[j]
+        k += step
+        if k == L2:
+            k = 0
+            i += 1
+        elif k < 0:
+            k = L2 - 1
+            i -= 1
 
 
 @njit(cache=True)
