@@ -27,3 +27,13 @@ def examples() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def pytest_configure(config):
+    """One compute thread per test process: the suite runs in parallel workers on a 2-core CI machine,
+    and torch's and numba's own pools would otherwise oversubscribe it (10x slower steps seen here)."""
+    import numba
+    import torch
+
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)

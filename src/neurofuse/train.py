@@ -388,6 +388,9 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> TrainResult:
 def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, local_rank: int) -> TrainResult:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+        import numba  # the CPU scan's kernels run on numba's own thread pool
+
+        numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
     device = _resolve_device(cfg, local_rank)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
