@@ -54,7 +54,7 @@ def split_pairs(root: str | Path, split: str) -> tuple[str, list[tuple[str, Path
     others = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "MRI")
     if not (root / "MRI").is_dir() or len(others) != 1:
         raise InputError(f"{root}: expected an MRI/ folder and exactly one other modality folder")
-    with open(split_csv, newline="") as fh:
+    with open(split_csv, newline="", encoding="utf-8") as fh:
         ids = [r["id"] for r in csv.DictReader(fh) if split == "all" or r["split"] == split]
     if not ids:
         raise InputError(f"{split_csv}: no rows for split {split!r}")
@@ -175,7 +175,7 @@ def _write_per_image(path: Path, results: list[MethodResult]) -> None:
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
-    with atomic_write_path(path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_write_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
@@ -183,7 +183,7 @@ def _write_per_image(path: Path, results: list[MethodResult]) -> None:
 
 def _write_summary_csv(path: Path, results: list[MethodResult], preset: str) -> None:
     cols = metric_columns(results, preset)
-    with atomic_write_path(path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_write_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(
             ["method", "kind", "params", "latency_ms", "pairs_per_s", "n"]
@@ -222,7 +222,7 @@ def _write_markdown(path: Path, results, presets, data: Path, split: str, n: int
         lines += ["Skipped:", ""] + [f"- `{r.name}`: {r.skipped}" for r in skipped] + [""]
     lines.append("Latency: median wall time of the fusion call alone on [0, 1] arrays (no I/O), this machine.")
     with atomic_write_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def write_grid(path: Path, titles: list[str], columns: list[list[np.ndarray]], header: int = 18, pad: int = 4) -> None:

@@ -81,7 +81,7 @@ def _case_files(folder: Path) -> tuple[dict[str, Path], str] | None:
 def read_name_mapping(path: Path) -> dict[str, str]:
     """Subject id -> grade from a BraTS `name_mapping.csv` (every `*subject_ID` column is indexed)."""
     mapping: dict[str, str] = {}
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             grade = (row.get("Grade") or "").strip()
             if grade not in GRADES:

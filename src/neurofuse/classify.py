@@ -333,7 +333,7 @@ _CSV_FIELDS = ("dims", "input", "auc_mean", "auc_std", "f1_mean", "f1_std", "acc
 def write_table_csv(path: Path, results: Sequence[VariantResult], labels: np.ndarray, folds: int,
                     repeats: int) -> None:
     """One row per (dims, input) with mean and std of AUC, F1, accuracy."""
-    with atomic_write_path(path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_write_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=_CSV_FIELDS)
         w.writeheader()
         for res in results:
@@ -344,7 +344,7 @@ def write_table_csv(path: Path, results: Sequence[VariantResult], labels: np.nda
 
 def write_predictions_csv(path: Path, results: Sequence[VariantResult], cases: Sequence[BratsCase]) -> None:
     """Out-of-fold patient scores: dims, input, repeat, case id, label, score."""
-    with atomic_write_path(path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_write_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["dims", "input", "repeat", "id", "label", "score"])
         for res in results:
@@ -409,12 +409,12 @@ def write_reports(out: Path, results: Sequence[VariantResult], cases: Sequence[B
         plot_roc(out / f"roc_{d}d.png", sub, labels)
     rows: list[dict[str, str]] = []
     for f in sorted(out.glob("classification_*d.csv")):
-        with open(f, newline="") as fh:
+        with open(f, newline="", encoding="utf-8") as fh:
             rows += list(csv.DictReader(fh))
     n = rows[0]
     text = (f"# HGG vs LGG classification\n\n{n['cases']} cases ({n['hgg']} HGG), stratified patient-level "
             f"{n['folds']}-fold CV x {n['repeats']} repeats; mean ± std over folds.\n\n" + markdown_table(rows))
     md = out / "classification.md"
     with atomic_write_path(md) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return md

@@ -131,7 +131,7 @@ class HarvardPairs(_PairDataset):
         if not (root / "MRI").is_dir() or len(others) != 1:
             raise InputError(f"{root}: expected an MRI/ folder and exactly one other modality folder")
         self.root, self.modality_b = root, others[0].name
-        with open(split_csv, newline="") as fh:
+        with open(split_csv, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
         if not rows or not {"id", "split"} <= set(rows[0]):
             raise InputError(f"{split_csv}: expected a header with columns id,case,split")
@@ -302,7 +302,7 @@ class VolumePairs(_PairDataset):
         """The split(s) a case belongs to (a lone case without split.csv is in both)."""
         split_csv = root / "split.csv"
         if split_csv.is_file():
-            with open(split_csv, newline="") as fh:
+            with open(split_csv, newline="", encoding="utf-8") as fh:
                 table = {r["id"]: r["split"] for r in csv.DictReader(fh)}
             if case not in table:
                 raise InputError(f"{split_csv}: case {case!r} is not listed")

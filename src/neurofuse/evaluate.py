@@ -100,7 +100,7 @@ def summary_markdown(table: Sequence[dict], title: str | None = None, digits: in
 
 def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
     """Write rows (dicts) with the given column order, atomically."""
-    with atomic_write_path(path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_write_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
@@ -138,6 +138,6 @@ def evaluate_dirs(
         write_csv(f"{stem}_summary.csv", table, ["metric", "mean", "std", "n", "better"])
         title = f"{len(rows)} images, preset {preset}: {dir_f}"
         with atomic_write_path(f"{stem}_summary.md") as tmp:
-            Path(tmp).write_text(summary_markdown(table, title))
+            Path(tmp).write_text(summary_markdown(table, title), encoding="utf-8")
         files = [out_csv, Path(f"{stem}_summary.csv"), Path(f"{stem}_summary.md")]
     return Evaluation(rows, table, files)

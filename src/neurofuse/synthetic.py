@@ -167,7 +167,7 @@ def make_case(rng: np.random.Generator, cfg: SynthConfig, hgg: bool) -> tuple[di
 
 def _write_text_atomic(path: Path, text: str) -> None:
     with atomic_write_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_cohort(out: str | Path, cfg: SynthConfig, overwrite: bool = False, progress: bool = True) -> Path:
@@ -218,6 +218,6 @@ def read_truth(root: str | Path) -> list[dict]:
     path = Path(root) / "synthetic.json"
     if not path.is_file():
         raise InputError(f"{path}: not a synthetic cohort (no synthetic.json)")
-    with open(path) as fh:
+    with open(path, encoding="utf-8") as fh:
         return json.load(fh)["cases"]
 

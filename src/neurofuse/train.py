@@ -125,7 +125,7 @@ class TrainConfig:
         if not path.is_file():
             raise UsageError(f"{path}: config file not found")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(values, dict):
@@ -221,7 +221,7 @@ def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    with atomic_write_path(path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_write_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
@@ -230,7 +230,7 @@ def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
 def _read_log(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -443,7 +443,7 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
         raise UsageError(f"{out}: holds a run already; continue it with --resume or choose another --out")
     elif rank == 0:
         with atomic_write_path(out / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
 
     net: nn.Module = _LossModule(model)
     if world > 1:
@@ -474,7 +474,7 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
                 best = val["val_loss"]
                 save_weights(model, out / "best.safetensors", {**meta, "step": str(step)})
                 with atomic_write_path(out / "best.json") as tmp:
-                    tmp.write_text(json.dumps(row, indent=1))
+                    tmp.write_text(json.dumps(row, indent=1), encoding="utf-8")
         acc, acc_n = {}, 0
         if world > 1:
             dist.barrier()

@@ -36,7 +36,7 @@ def list_models() -> list[str]:
 
 def _manifest() -> dict:
     path = resources.files("neurofuse") / "weights" / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def list_pretrained(model: str | None = None) -> list[str]:
