@@ -118,9 +118,14 @@ def fuse_with_model(
     acc = np.zeros(a.shape, dtype=np.float32)
     norm = np.zeros(a.shape, dtype=np.float32)
     corners = list(itertools.product(*(_starts(s, w, overlap) for s, w in zip(a.shape, wins, strict=True))))
-    for i in tqdm(range(0, len(corners), batch_size), desc="windows", unit="batch",
-                  disable=not progress or len(corners) <= batch_size, leave=False):
-        group = corners[i:i + batch_size]
+    for i in tqdm(
+        range(0, len(corners), batch_size),
+        desc="windows",
+        unit="batch",
+        disable=not progress or len(corners) <= batch_size,
+        leave=False,
+    ):
+        group = corners[i : i + batch_size]
         sl = [tuple(slice(c, c + w) for c, w in zip(corner, wins, strict=True)) for corner in group]
         wa = torch.cat([ta[(slice(None), slice(None), *s)] for s in sl]).to(dev)
         wb = torch.cat([tb[(slice(None), slice(None), *s)] for s in sl]).to(dev)
@@ -136,10 +141,12 @@ def _load_model(name: str, weights: str | None, pretrained: str | None) -> nn.Mo
     from neurofuse.models.registry import create_model, list_pretrained, load_weights
 
     if weights is None and pretrained is None:
-        shipped = list_pretrained(name)
+        shipped = [k.split("/", 1)[1] for k in list_pretrained(name)]
         if not shipped:
             raise UsageError(f"model {name} has no shipped weights; pass -O weights=FILE.safetensors")
-        pretrained = shipped[0].split("/", 1)[1]
+        if len(shipped) > 1:
+            raise UsageError(f"model {name} ships weights for {', '.join(shipped)}: choose one with --pair TAG")
+        pretrained = shipped[0]
     model = create_model(name, pretrained=pretrained if weights is None else None)
     if weights is not None:
         load_weights(model, weights)
@@ -175,18 +182,25 @@ def register_learned_method(
     """
     names = _model_names(model_name, spatial_dims)
 
-    def fuse_fn(a: np.ndarray, b: np.ndarray, weights: str | None = None, pretrained: str | None = None,
-                device: str = "cpu", precision: str = "fp32", window: int | str | None = None,
-                overlap: float | str = 0.25) -> np.ndarray:
+    def fuse_fn(
+        a: np.ndarray,
+        b: np.ndarray,
+        weights: str | None = None,
+        pretrained: str | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        window: int | str | None = None,
+        overlap: float | str = 0.25,
+    ) -> np.ndarray:
         if a.ndim not in names:
             raise UsageError(f"method {method_name!r} supports {tuple(names)}D input, got {a.ndim}D")
         model = _load_model(names[a.ndim], None if weights is None else str(weights), pretrained)
         if window is None and a.ndim == 3:
             window = 128
         win = None if window is None else int(window)
-        return fuse_with_model(model, a, b, device=str(device), precision=str(precision), window=win,
-                               overlap=float(overlap))
+        return fuse_with_model(
+            model, a, b, device=str(device), precision=str(precision), window=win, overlap=float(overlap)
+        )
 
     fuse_fn.__name__ = f"fuse_{method_name}"
-    register_method(method_name, description, kind="learned", spatial_dims=tuple(names),
-                    models=names)(fuse_fn)
+    register_method(method_name, description, kind="learned", spatial_dims=tuple(names), models=names)(fuse_fn)

@@ -7,6 +7,7 @@ and the source's Cb/Cr are merged back, unless gray output is requested. Volumes
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,25 @@ class FuseOptions:
     clip_percentiles: tuple[float, float] | None = None
     bit_depth: int = 8
     dtype: str = "float32"
+    pair: str | None = None  # shipped-weights tag for learned methods (ct-mri, spect-mri, pet-mri, ...)
+
+
+_PAIR_TOKENS = (("spect", "spect-mri"), ("pet", "pet-mri"), ("ct", "ct-mri"))
+
+
+def infer_pair(*paths: str | Path) -> str | None:
+    """The Harvard pair tag named by the inputs' file or folder names (e.g. `.../SPECT/4012.png`)."""
+    words = {w for p in paths for part in Path(p).parts[-3:] for w in re.split(r"[^a-z]+", part.lower())}
+    found = [tag for token, tag in _PAIR_TOKENS if token in words]
+    return found[0] if len(found) == 1 else None
+
+
+def learned_options(method: str, paths: tuple[str | Path, ...], pair: str | None, options: dict) -> dict:
+    """Add `pretrained=<pair>` for a learned method given no weights: from --pair or the file names."""
+    if get_method(method).kind != "learned" or {"weights", "pretrained"} & set(options):
+        return options
+    tag = pair or (infer_pair(*paths) if suffix_of(paths[0]) in IMAGE_2D_EXTS else None)
+    return options if tag is None else {**options, "pretrained": tag}
 
 
 def check_output(out: Path, spatial_dims: int, overwrite: bool) -> None:
@@ -79,7 +99,7 @@ def fuse_images(a: Image, b: Image, opts: FuseOptions, **method_options) -> np.n
 def fuse_files(path_a: str | Path, path_b: str | Path, out: str | Path, opts: FuseOptions, **method_options) -> Path:
     """Fuse two files into `out` (atomic write). `path_a` is the reference grid (anatomical image)."""
     out = Path(out)
-    get_method(opts.method)
+    method_options = learned_options(opts.method, (path_a, path_b), opts.pair, method_options)
     a, b = load_pair(path_a, path_b, resample=opts.resample)
     check_output(out, a.spatial_dims, opts.overwrite)
     fused = fuse_images(a, b, opts, **method_options)

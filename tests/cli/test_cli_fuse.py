@@ -222,3 +222,19 @@ def test_entry_point_exit_codes(tmp_path):
         text=True,
     )
     assert res.returncode == 1 and res.stderr.strip() == "error: a.png: no such file or folder"
+
+
+def test_pair_is_inferred_from_file_names():
+    from neurofuse.pipeline import infer_pair, learned_options
+
+    assert infer_pair("harvard/SPECT-MRI/MRI/4012.png", "harvard/SPECT-MRI/SPECT/4012.png") == "spect-mri"
+    assert infer_pair("scans/mri.png", "scans/ct.png") == "ct-mri"
+    assert infer_pair("a.png", "b.png") is None
+    assert infer_pair("pet/a.png", "ct/b.png") is None  # ambiguous: no guess
+    assert learned_options("dwt", ("x/ct.png", "x/mri.png"), None, {}) == {}  # classical: untouched
+    opts = learned_options("clinicalfmamba", ("x/ct.png", "x/mri.png"), None, {})
+    assert opts == {"pretrained": "ct-mri"}
+    assert learned_options("clinicalfmamba", ("x/ct.png", "x/mri.png"), "pet-mri", {}) == {"pretrained": "pet-mri"}
+    assert learned_options("clinicalfmamba", ("x/ct.png",), None, {"weights": "w.safetensors"}) == {
+        "weights": "w.safetensors"
+    }

@@ -32,6 +32,7 @@ _common = [
         show_default=True,
         help="NIfTI output data type.",
     ),
+    click.option("--pair", default=None, help="Shipped weights of a learned method: ct-mri, spect-mri, pet-mri, ..."),
     click.option(
         "--option",
         "-O",
@@ -68,8 +69,9 @@ def _method_options(options: tuple[str, ...]) -> dict:
     return out
 
 
-def _opts(method, resample, overwrite, gray, clip, bit_depth, dtype) -> FuseOptions:
-    return FuseOptions(method, resample, overwrite, gray, tuple(clip) if clip else None, int(bit_depth), dtype)
+def _opts(method, resample, overwrite, gray, clip, bit_depth, dtype, pair) -> FuseOptions:
+    clip = tuple(clip) if clip else None
+    return FuseOptions(method, resample, overwrite, gray, clip, int(bit_depth), dtype, pair)
 
 
 @main.command("fuse")
@@ -77,10 +79,10 @@ def _opts(method, resample, overwrite, gray, clip, bit_depth, dtype) -> FuseOpti
 @click.argument("b", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output file (.png/.tif or .nii.gz).")
 @_with_common
-def fuse_cmd(a, b, out, method, resample, overwrite, gray, clip, bit_depth, dtype, options):
+def fuse_cmd(a, b, out, method, resample, overwrite, gray, clip, bit_depth, dtype, pair, options):
     """Fuse two co-registered images A (anatomical, reference grid) and B into OUT (2D or 3D)."""
     path = fuse_files(
-        a, b, out, _opts(method, resample, overwrite, gray, clip, bit_depth, dtype), **_method_options(options)
+        a, b, out, _opts(method, resample, overwrite, gray, clip, bit_depth, dtype, pair), **_method_options(options)
     )
     click.echo(str(path))
 
@@ -91,14 +93,14 @@ def fuse_cmd(a, b, out, method, resample, overwrite, gray, clip, bit_depth, dtyp
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder (created).")
 @click.option("--ext", default=None, help="Output extension (default: that of the A file).")
 @_with_common
-def fuse_dir_cmd(dir_a, dir_b, out_dir, ext, method, resample, overwrite, gray, clip, bit_depth, dtype, options):
+def fuse_dir_cmd(dir_a, dir_b, out_dir, ext, method, resample, overwrite, gray, clip, bit_depth, dtype, pair, options):
     """Fuse every pair of files with the same name in DIR_A and DIR_B (resumable)."""
     get_method(method)
     pairs = pair_files(dir_a, dir_b)
     if not pairs:
         raise UsageError(f"{dir_a} and {dir_b}: no file names in common")
     out_dir.mkdir(parents=True, exist_ok=True)
-    opts = _opts(method, resample, overwrite, gray, clip, bit_depth, dtype)
+    opts = _opts(method, resample, overwrite, gray, clip, bit_depth, dtype, pair)
     mopts = _method_options(options)
     done = skipped = 0
     failed: list[str] = []
