@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from neurofuse.benchmark import split_pairs, write_grid
+from neurofuse.benchmark import write_grid
 from neurofuse.cli import main
+from neurofuse.data import harvard_split
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def test_benchmark_command_on_three_pairs(subset, tmp_path):
 
 
 def test_split_pairs_reads_split(subset):
-    modality, pairs = split_pairs(subset, "val")
+    modality, pairs = harvard_split(subset, "val")
     assert modality == "SPECT" and [p[0] for p in pairs] == ["4007", "4008", "4009"]
 
 

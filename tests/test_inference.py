@@ -14,15 +14,6 @@ from neurofuse.inference import fuse_with_model, gaussian_importance, register_l
 from neurofuse.models import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on an oversubscribed machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class PointwiseFusion(nn.Module):
     """A local (1x1) fusion model with stride 4: windowed inference must equal whole-volume inference."""
 

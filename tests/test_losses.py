@@ -8,15 +8,6 @@ import torch
 from neurofuse.losses import fusion_loss, sobel, sobel_magnitude, ssim
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on an oversubscribed machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _img(shape, seed):
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
 
@@ -37,9 +28,15 @@ def test_ssim_matches_skimage():
     skm = pytest.importorskip("skimage.metrics")
     x, y = _img((1, 1, 32, 32), 0), _img((1, 1, 32, 32), 1)
     y = 0.6 * x + 0.4 * y
-    ref = skm.structural_similarity(x[0, 0].double().numpy(), y[0, 0].double().numpy(), data_range=1.0,
-                                    gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                    full=True)[1][5:-5, 5:-5].mean()
+    ref = skm.structural_similarity(
+        x[0, 0].double().numpy(),
+        y[0, 0].double().numpy(),
+        data_range=1.0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        full=True,
+    )[1][5:-5, 5:-5].mean()
     assert float(ssim(x, y, 2)) == pytest.approx(float(ref), abs=1e-4)
 
 

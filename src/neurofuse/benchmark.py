@@ -13,7 +13,6 @@ without weights for it is skipped and listed as such.
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,10 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 from tqdm import tqdm
 
-from neurofuse.errors import InputError, UsageError
+from neurofuse.data import harvard_split
+from neurofuse.errors import UsageError
 from neurofuse.fusion import fuse, get_method, list_methods
-from neurofuse.io import atomic_write_path, read_image
+from neurofuse.io import atomic_write_path, read_image, write_csv, write_text
 from neurofuse.metrics import compute_metrics
 from neurofuse.pipeline import fusion_inputs, merge_colour
 
@@ -43,23 +43,6 @@ class MethodResult:
     latencies: list[float] = field(default_factory=list)
     metrics: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # preset -> rows
     skipped: str | None = None
-
-
-def split_pairs(root: str | Path, split: str) -> tuple[str, list[tuple[str, Path, Path]]]:
-    """(other modality name, [(id, mri path, other path)]) for one split of a Harvard pair folder."""
-    root = Path(root)
-    split_csv = root / "split.csv"
-    if not split_csv.is_file():
-        raise InputError(f"{split_csv}: split file not found (expected columns id,case,split)")
-    others = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "MRI")
-    if not (root / "MRI").is_dir() or len(others) != 1:
-        raise InputError(f"{root}: expected an MRI/ folder and exactly one other modality folder")
-    with open(split_csv, newline="", encoding="utf-8") as fh:
-        ids = [r["id"] for r in csv.DictReader(fh) if split == "all" or r["split"] == split]
-    if not ids:
-        raise InputError(f"{split_csv}: no rows for split {split!r}")
-    ids.sort(key=lambda s: (len(s), s))
-    return others[0].name, [(i, root / "MRI" / f"{i}.png", others[0] / f"{i}.png") for i in ids]
 
 
 def resolve_methods(spec: str) -> list[str]:
@@ -97,7 +80,7 @@ def run_benchmark(
 ) -> list[MethodResult]:
     """Run the benchmark and write its tables and figures into `out` (created)."""
     data, out = Path(data), Path(out)
-    modality, pairs = split_pairs(data, split)
+    modality, pairs = harvard_split(data, split)
     if limit is not None:
         pairs = pairs[:limit]
     out.mkdir(parents=True, exist_ok=True)
@@ -172,31 +155,23 @@ def _write_per_image(path: Path, results: list[MethodResult]) -> None:
         for p, prow in r.metrics.items():
             for lat, row in zip(r.latencies, prow, strict=True):
                 rows.append({"method": r.name, "preset": p, "latency_ms": lat * 1000.0, **row})
-    fields: list[str] = []
-    for row in rows:
-        fields += [k for k in row if k not in fields]
-    with atomic_write_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(path, rows)
 
 
 def _write_summary_csv(path: Path, results: list[MethodResult], preset: str) -> None:
     cols = metric_columns(results, preset)
-    with atomic_write_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(
-            ["method", "kind", "params", "latency_ms", "pairs_per_s", "n"]
-            + [f"{c}_{s}" for c in cols for s in ("mean", "std")]
-        )
-        for r in results:
-            if r.skipped:
-                continue
-            lat, thr = _timing(r)
-            stats = [v for c in cols for v in _stats(r, preset, c)]
-            w.writerow(
-                [r.name, r.kind, r.params, f"{lat:.3f}", f"{thr:.3f}", len(r.latencies)] + [f"{v:.6g}" for v in stats]
-            )
+    rows = []
+    for r in results:
+        if r.skipped:
+            continue
+        lat, thr = _timing(r)
+        row = {"method": r.name, "kind": r.kind, "params": r.params, "latency_ms": f"{lat:.3f}",
+               "pairs_per_s": f"{thr:.3f}", "n": len(r.latencies)}
+        for c in cols:
+            mean, std = _stats(r, preset, c)
+            row.update({f"{c}_mean": f"{mean:.6g}", f"{c}_std": f"{std:.6g}"})
+        rows.append(row)
+    write_csv(path, rows)
 
 
 def _write_markdown(path: Path, results, presets, data: Path, split: str, n: int) -> None:
@@ -221,8 +196,7 @@ def _write_markdown(path: Path, results, presets, data: Path, split: str, n: int
     if skipped:
         lines += ["Skipped:", ""] + [f"- `{r.name}`: {r.skipped}" for r in skipped] + [""]
     lines.append("Latency: median wall time of the fusion call alone on [0, 1] arrays (no I/O), this machine.")
-    with atomic_write_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def write_grid(path: Path, titles: list[str], columns: list[list[np.ndarray]], header: int = 18, pad: int = 4) -> None:

@@ -37,7 +37,7 @@ from neurofuse.brats import (
 )
 from neurofuse.errors import InputError, UsageError
 from neurofuse.fusion import fuse, get_method
-from neurofuse.io import atomic_write_path
+from neurofuse.io import atomic_write_path, write_csv, write_text
 
 BASE_INPUTS = ("t2", "flair", "stack")
 
@@ -333,13 +333,10 @@ _CSV_FIELDS = ("dims", "input", "auc_mean", "auc_std", "f1_mean", "f1_std", "acc
 def write_table_csv(path: Path, results: Sequence[VariantResult], labels: np.ndarray, folds: int,
                     repeats: int) -> None:
     """One row per (dims, input) with mean and std of AUC, F1, accuracy."""
-    with atomic_write_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=_CSV_FIELDS)
-        w.writeheader()
-        for res in results:
-            s = res.summary()
-            w.writerow({"dims": res.dims, "input": res.variant, **{k: f"{v:.4f}" for k, v in s.items()},
-                        "cases": len(labels), "hgg": int(labels.sum()), "folds": folds, "repeats": repeats})
+    meta = {"cases": len(labels), "hgg": int(labels.sum()), "folds": folds, "repeats": repeats}
+    rows = [{"dims": r.dims, "input": r.variant, **{k: f"{v:.4f}" for k, v in r.summary().items()}, **meta}
+            for r in results]
+    write_csv(path, rows, list(_CSV_FIELDS))
 
 
 def write_predictions_csv(path: Path, results: Sequence[VariantResult], cases: Sequence[BratsCase]) -> None:
@@ -415,6 +412,5 @@ def write_reports(out: Path, results: Sequence[VariantResult], cases: Sequence[B
     text = (f"# HGG vs LGG classification\n\n{n['cases']} cases ({n['hgg']} HGG), stratified patient-level "
             f"{n['folds']}-fold CV x {n['repeats']} repeats; mean ± std over folds.\n\n" + markdown_table(rows))
     md = out / "classification.md"
-    with atomic_write_path(md) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    write_text(md, text)
     return md

@@ -107,6 +107,33 @@ class _PairDataset(Dataset):
                 "id": self.ids[index]}
 
 
+def harvard_split(root: str | Path, split: str) -> tuple[str, list[tuple[str, Path, Path]]]:
+    """(other modality, [(id, MRI path, other path)]) of one split of a Harvard pair folder, by slice order.
+
+    The folder holds `MRI/`, one other modality folder and `split.csv` (id,case,split).
+    """
+    root = Path(root)
+    _check_split(split, root)
+    split_csv = root / "split.csv"
+    if not split_csv.is_file():
+        raise InputError(f"{split_csv}: split file not found (expected columns id,case,split)")
+    others = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "MRI")
+    if not (root / "MRI").is_dir() or len(others) != 1:
+        raise InputError(f"{root}: expected an MRI/ folder and exactly one other modality folder")
+    with open(split_csv, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"id", "split"} <= set(rows[0]):
+        raise InputError(f"{split_csv}: expected a header with columns id,case,split")
+    keep = sorted((r["id"] for r in rows if split == "all" or r["split"] == split), key=lambda s: (len(s), s))
+    if not keep:
+        raise InputError(f"{split_csv}: no rows for split {split!r}")
+    pairs = [(i, root / "MRI" / f"{i}.png", others[0] / f"{i}.png") for i in keep]
+    for p in (p for pair in pairs for p in pair[1:]):
+        if not p.is_file():
+            raise InputError(f"{p}: listed in {split_csv.name} but missing")
+    return others[0].name, pairs
+
+
 class HarvardPairs(_PairDataset):
     """Harvard (AANLIB) 2D pairs in `<root>/MRI/*.png` and `<root>/<CT|SPECT|PET>/*.png` with `split.csv`.
 
@@ -122,29 +149,12 @@ class HarvardPairs(_PairDataset):
     def __init__(self, root: str | Path, split: str = "train", crop: int | None = None, augment: bool = False,
                  ids: Sequence[str] | None = None, seed: int = 3407) -> None:
         super().__init__(crop, augment, seed)
-        root = Path(root)
-        _check_split(split, root)
-        split_csv = root / "split.csv"
-        if not split_csv.is_file():
-            raise InputError(f"{split_csv}: split file not found (expected columns id,case,split)")
-        others = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "MRI")
-        if not (root / "MRI").is_dir() or len(others) != 1:
-            raise InputError(f"{root}: expected an MRI/ folder and exactly one other modality folder")
-        self.root, self.modality_b = root, others[0].name
-        with open(split_csv, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        if not rows or not {"id", "split"} <= set(rows[0]):
-            raise InputError(f"{split_csv}: expected a header with columns id,case,split")
+        self.modality_b, pairs = harvard_split(root, split)
+        self.root = Path(root)
         wanted = None if ids is None else {str(i) for i in ids}
-        keep = [r["id"] for r in rows
-                if (split == "all" or r["split"] == split) and (wanted is None or r["id"] in wanted)]
-        if not keep:
-            raise InputError(f"{split_csv}: no rows for split {split!r}")
-        for id_ in sorted(keep, key=lambda s: (len(s), s)):
-            pa, pb = root / "MRI" / f"{id_}.png", others[0] / f"{id_}.png"
-            for p in (pa, pb):
-                if not p.is_file():
-                    raise InputError(f"{p}: listed in {split_csv.name} but missing")
+        for id_, pa, pb in pairs:
+            if wanted is not None and id_ not in wanted:
+                continue
             a, b = _compact(_read_luma(pa)), _compact(_read_luma(pb))
             if a.shape != b.shape:
                 raise InputError(f"{pb}: shape {b.shape} differs from the MRI's {a.shape}")

@@ -6,7 +6,6 @@ their bit depth (gray or the Y channel of RGB, value / (2^bits - 1)), 3D volumes
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from neurofuse.errors import InputError
-from neurofuse.io import atomic_write_path, luma, normalize01, pair_files, read_image
+from neurofuse.io import luma, normalize01, pair_files, read_image, write_csv, write_text
 from neurofuse.metrics import METRICS, compute_metrics, get_preset
 from neurofuse.metrics.presets import ALL_2D, ALL_3D
 
@@ -98,14 +97,6 @@ def summary_markdown(table: Sequence[dict], title: str | None = None, digits: in
     return "\n".join(lines) + "\n"
 
 
-def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
-    """Write rows (dicts) with the given column order, atomically."""
-    with atomic_write_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-
-
 @dataclass
 class Evaluation:
     """Per-image rows, the summary table and the files written."""
@@ -137,7 +128,6 @@ def evaluate_dirs(
         write_csv(out_csv, rows, ["name", *names])
         write_csv(f"{stem}_summary.csv", table, ["metric", "mean", "std", "n", "better"])
         title = f"{len(rows)} images, preset {preset}: {dir_f}"
-        with atomic_write_path(f"{stem}_summary.md") as tmp:
-            Path(tmp).write_text(summary_markdown(table, title), encoding="utf-8")
+        write_text(f"{stem}_summary.md", summary_markdown(table, title))
         files = [out_csv, Path(f"{stem}_summary.csv"), Path(f"{stem}_summary.md")]
     return Evaluation(rows, table, files)

@@ -459,3 +459,25 @@ def write_volume_like(path: str | Path, image: Image, overwrite: bool = False) -
         img.header.set_xyzt_units("mm", "sec")
         nib.save(img, str(tmp))
     return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 text atomically (tables, configs, reports)."""
+    with atomic_write_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: list[str] | None = None) -> Path:
+    """Write dict rows as CSV atomically; columns default to every key in first-seen order."""
+    import csv
+
+    if columns is None:
+        columns = []
+        for row in rows:
+            columns += [k for k in row if k not in columns]
+    with atomic_write_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)

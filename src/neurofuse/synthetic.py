@@ -33,7 +33,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from neurofuse.errors import InputError, UsageError
-from neurofuse.io import Image, atomic_write_path, write_volume_like
+from neurofuse.io import Image, write_text, write_volume_like
 
 # Tissue intensities (arbitrary units, before gain/noise): t1, t1ce, t2, flair.
 _TISSUE = {
@@ -165,11 +165,6 @@ def make_case(rng: np.random.Generator, cfg: SynthConfig, hgg: bool) -> tuple[di
                     "halo_fraction": halo_frac}
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    with atomic_write_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 def write_cohort(out: str | Path, cfg: SynthConfig, overwrite: bool = False, progress: bool = True) -> Path:
     """Write a synthetic cohort under `out/MICCAI_BraTS_2019_Data_Training/` (HGG/LGG folders, int16
     images, uint8 seg, name_mapping.csv, synthetic.json with the ground truth); returns that folder."""
@@ -200,7 +195,7 @@ def write_cohort(out: str | Path, cfg: SynthConfig, overwrite: bool = False, pro
             write_volume_like(path, Image(arr, path, "nifti", affine=affine), overwrite=True)
         records.append({"id": cid, "grade": grade, "true_grade": "HGG" if true[i] else "LGG", **attrs})
     rows = "".join(f"{r['grade']},{r['id']}\n" for r in records)
-    _write_text_atomic(root / "name_mapping.csv", "Grade,BraTS_2019_subject_ID\n" + rows)
+    write_text(root / "name_mapping.csv", "Grade,BraTS_2019_subject_ID\n" + rows)
     meta = {
         "config": asdict(cfg),
         "ideal_auc": {"t2": ideal_auc(cfg.effect, 1), "flair": ideal_auc(cfg.effect, 1),
@@ -209,7 +204,7 @@ def write_cohort(out: str | Path, cfg: SynthConfig, overwrite: bool = False, pro
                        "halo_fraction": [HALO_BASE, HALO_PER_SD]},
         "cases": records,
     }
-    _write_text_atomic(root / "synthetic.json", json.dumps(meta, indent=1) + "\n")
+    write_text(root / "synthetic.json", json.dumps(meta, indent=1) + "\n")
     return root
 
 

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from neurofuse.data import HarvardPairs, VolumePairs, VolumePrep
 from neurofuse.errors import InputError, NeurofuseError, UsageError
-from neurofuse.io import atomic_write_path
+from neurofuse.io import atomic_write_path, write_csv, write_text
 from neurofuse.models.registry import create_model, load_weights
 
 # Settings that may change between a run and its resume without breaking exactness.
@@ -215,16 +215,6 @@ def export_fp16(src: str | Path, dst: str | Path) -> Path:
 def _save_state(path: Path, state: dict[str, Any]) -> None:
     with atomic_write_path(path) as tmp:
         torch.save(state, tmp)
-
-
-def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    with atomic_write_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:
@@ -442,8 +432,7 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
     elif (out / "last_state.pt").is_file():
         raise UsageError(f"{out}: holds a run already; continue it with --resume or choose another --out")
     elif rank == 0:
-        with atomic_write_path(out / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+        write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     net: nn.Module = _LossModule(model)
     if world > 1:
@@ -469,12 +458,11 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
                    **{f"train_{k}": v / max(acc_n, 1) for k, v in acc.items()}, **val,
                    "lr": lr_at(cfg, max(step - 1, 0), total_steps), "seconds": round(seconds, 2)}
             rows.append(row)
-            _write_log(out / "log.csv", rows)
+            write_csv(out / "log.csv", rows)
             if math.isfinite(val["val_loss"]) and (best is None or val["val_loss"] < best):
                 best = val["val_loss"]
                 save_weights(model, out / "best.safetensors", {**meta, "step": str(step)})
-                with atomic_write_path(out / "best.json") as tmp:
-                    tmp.write_text(json.dumps(row, indent=1), encoding="utf-8")
+                write_text(out / "best.json", json.dumps(row, indent=1))
         acc, acc_n = {}, 0
         if world > 1:
             dist.barrier()

@@ -10,15 +10,6 @@ from neurofuse.models import create_model, list_models
 from neurofuse.ssm import selective_scan_ref
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on an oversubscribed machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _pair(shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(shape, generator=g), torch.rand(shape, generator=g)
@@ -31,8 +22,9 @@ def test_registered():
 
 def test_default_parameter_counts():
     # exact counts stated in the model docstring and in `neurofuse models`
-    counts = {n: sum(p.numel() for p in create_model(n).parameters())
-              for n in ("clinicalfmamba_2d", "clinicalfmamba_3d")}
+    counts = {
+        n: sum(p.numel() for p in create_model(n).parameters()) for n in ("clinicalfmamba_2d", "clinicalfmamba_3d")
+    }
     assert counts == {"clinicalfmamba_2d": 3_155_521, "clinicalfmamba_3d": 3_408_289}
 
 
@@ -61,17 +53,21 @@ def test_n_down_changes_latent_and_channels_last():
     a, b = _pair((1, 1, 24, 24))
     with torch.no_grad():
         ref = m(a, b)
-        cl = m.to(memory_format=torch.channels_last)(a.contiguous(memory_format=torch.channels_last),
-                                                     b.contiguous(memory_format=torch.channels_last))
+        cl = m.to(memory_format=torch.channels_last)(
+            a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last)
+        )
     torch.testing.assert_close(cl, ref, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name,kw", [
-    ("clinicalfmamba_2d_tiny", {}),
-    ("clinicalfmamba_2d_tiny", {"cmca": False, "scan": "single"}),
-    ("clinicalfmamba_3d_tiny", {}),
-    ("clinicalfmamba_3d_tiny", {"scan": "single", "cmca": False}),
-])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("clinicalfmamba_2d_tiny", {}),
+        ("clinicalfmamba_2d_tiny", {"cmca": False, "scan": "single"}),
+        ("clinicalfmamba_3d_tiny", {}),
+        ("clinicalfmamba_3d_tiny", {"scan": "single", "cmca": False}),
+    ],
+)
 def test_gradient_reaches_every_parameter(name, kw):
     m = create_model(name, **kw)
     shape = (2, 1, 16, 16) if m.spatial_dims == 2 else (1, 1, 16, 16, 16)  # latent 2^3: A gets gradient
@@ -91,10 +87,13 @@ def test_ablation_switches_change_structure():
     assert len(single.blocks_x[0].mixer.orders) == 1 and len(single.cross_x.mixer.orders) == 1
 
 
-@pytest.mark.parametrize("name,shape,steps,factor", [
-    ("clinicalfmamba_2d_tiny", (1, 1, 24, 24), 15, 0.5),  # measured: 11.7 -> 5.0 after 12 steps
-    ("clinicalfmamba_3d_tiny", (1, 1, 16, 16, 16), 8, 0.4),  # measured: 3.9 -> 1.2 after 8 steps
-])
+@pytest.mark.parametrize(
+    "name,shape,steps,factor",
+    [
+        ("clinicalfmamba_2d_tiny", (1, 1, 24, 24), 15, 0.5),  # measured: 11.7 -> 5.0 after 12 steps
+        ("clinicalfmamba_3d_tiny", (1, 1, 16, 16, 16), 8, 0.4),  # measured: 3.9 -> 1.2 after 8 steps
+    ],
+)
 def test_tiny_model_overfits_one_pair(name, shape, steps, factor):
     torch.manual_seed(0)
     m = create_model(name)
@@ -113,8 +112,20 @@ def test_tiny_model_overfits_one_pair(name, shape, steps, factor):
     assert loss.item() < factor * first
 
 
-def _scan_with_reverse(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       return_last_state=False, backend="auto", reverse=False):
+def _scan_with_reverse(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+    backend="auto",
+    reverse=False,
+):
     """Stand-in for a selective_scan that has the `reverse=` flag (flips around the reference)."""
     if not reverse:
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
@@ -123,10 +134,16 @@ def _scan_with_reverse(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
 
 @pytest.mark.parametrize("native_reverse", [False, True])
-@pytest.mark.parametrize("nd,grid,scan,kind", [
-    (2, (5, 7), "four_way", "single"), (2, (4, 6), "four_way", "cross"),
-    (3, (3, 4, 5), "tri_plane", "single"), (3, (4, 3, 2), "tri_plane", "cross"), (3, (2, 3, 4), "single", "cross"),
-])
+@pytest.mark.parametrize(
+    "nd,grid,scan,kind",
+    [
+        (2, (5, 7), "four_way", "single"),
+        (2, (4, 6), "four_way", "cross"),
+        (3, (3, 4, 5), "tri_plane", "single"),
+        (3, (4, 3, 2), "tri_plane", "cross"),
+        (3, (2, 3, 4), "single", "cross"),
+    ],
+)
 def test_multi_direction_scan_equals_per_direction(monkeypatch, native_reverse, nd, grid, scan, kind):
     if native_reverse:
         monkeypatch.setattr(mamba, "selective_scan", _scan_with_reverse)

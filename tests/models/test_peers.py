@@ -28,21 +28,6 @@ PEERS = ("ehdran", "swinfusion", "mrscfusion", "mambadfuse", "dmfnet", "lagn")
 OVERFIT_FACTOR = {"fusion": 0.75, "recon": 0.6, "ddpm": 0.5}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread for torch and numba (the CPU scan): on a shared 2-core machine two threads
-    oversubscribe and run tens of times slower."""
-    numba = pytest.importorskip("numba") if importlib.util.find_spec("numba") else None
-    old = torch.get_num_threads(), numba.get_num_threads() if numba else None
-    torch.set_num_threads(1)
-    if numba:
-        numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(old[0])
-    if numba:
-        numba.set_num_threads(old[1])
-
-
 def _pair(size: tuple[int, int] = (32, 32), batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """A structural (MRI-like rings/edges) and a functional (smooth blobs) synthetic image in [0, 1]."""
     h, w = size
