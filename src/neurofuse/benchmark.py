@@ -23,7 +23,7 @@ from PIL import ImageDraw
 from tqdm import tqdm
 
 from neurofuse.data import harvard_split
-from neurofuse.errors import UsageError
+from neurofuse.errors import NeurofuseError
 from neurofuse.fusion import fuse, get_method, list_methods
 from neurofuse.io import atomic_write_path, read_image, write_csv, write_text
 from neurofuse.metrics import compute_metrics
@@ -98,7 +98,7 @@ def run_benchmark(
         opts = {} if m.kind == "classical" else {"pretrained": tag, **(method_options or {})}
         try:
             fuse(*inputs[0], name, **opts)  # warm-up (also loads weights), not timed
-        except UsageError as exc:
+        except NeurofuseError as exc:  # no weights for this pair set, or weights that do not fit
             res.skipped = str(exc)
             results.append(res)
             bar.update(len(images))

@@ -8,6 +8,7 @@ import click
 
 from neurofuse.benchmark import PRESETS, run_benchmark
 from neurofuse.cli.app import main
+from neurofuse.cli.fuse import method_options
 
 
 @main.command("benchmark")
@@ -20,7 +21,15 @@ from neurofuse.cli.app import main
 @click.option("--preset", "presets", multiple=True, default=PRESETS, show_default=True, help="Metric presets.")
 @click.option("--device", default="cpu", show_default=True, help="Device for learned methods.")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]))
-def benchmark_cmd(data, split, methods, out, limit, grid_rows, presets, device, precision):
+@click.option(
+    "--option",
+    "-O",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Option for the learned methods, e.g. -O weights=runs/x/best.safetensors.",
+)
+def benchmark_cmd(data, split, methods, out, limit, grid_rows, presets, device, precision, options):
     """Run METHODS on a split of a Harvard-layout pair folder; write CSV/Markdown tables and PNG figures."""
     results = run_benchmark(
         data,
@@ -30,7 +39,7 @@ def benchmark_cmd(data, split, methods, out, limit, grid_rows, presets, device, 
         limit=limit,
         grid_rows=grid_rows,
         presets=tuple(presets),
-        method_options={"device": device, "precision": precision},
+        method_options={"device": device, "precision": precision, **method_options(options)},
     )
     ran = [r.name for r in results if not r.skipped]
     click.echo(f"{len(ran)} methods measured, {len(results) - len(ran)} skipped -> {out}/summary.md")

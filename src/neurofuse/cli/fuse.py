@@ -59,7 +59,7 @@ def _parse_value(v: str):
     return {"true": True, "false": False}.get(v.lower(), v)
 
 
-def _method_options(options: tuple[str, ...]) -> dict:
+def method_options(options: tuple[str, ...]) -> dict:
     out = {}
     for item in options:
         if "=" not in item:
@@ -82,7 +82,7 @@ def _opts(method, resample, overwrite, gray, clip, bit_depth, dtype, pair) -> Fu
 def fuse_cmd(a, b, out, method, resample, overwrite, gray, clip, bit_depth, dtype, pair, options):
     """Fuse two co-registered images A (anatomical, reference grid) and B into OUT (2D or 3D)."""
     path = fuse_files(
-        a, b, out, _opts(method, resample, overwrite, gray, clip, bit_depth, dtype, pair), **_method_options(options)
+        a, b, out, _opts(method, resample, overwrite, gray, clip, bit_depth, dtype, pair), **method_options(options)
     )
     click.echo(str(path))
 
@@ -101,7 +101,7 @@ def fuse_dir_cmd(dir_a, dir_b, out_dir, ext, method, resample, overwrite, gray, 
         raise UsageError(f"{dir_a} and {dir_b}: no file names in common")
     out_dir.mkdir(parents=True, exist_ok=True)
     opts = _opts(method, resample, overwrite, gray, clip, bit_depth, dtype, pair)
-    mopts = _method_options(options)
+    mopts = method_options(options)
     done = skipped = 0
     failed: list[str] = []
     for name, pa, pb in tqdm(pairs, desc=f"fuse-dir {method}", unit="pair"):
