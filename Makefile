@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_out
+# UTF-8 text I/O whatever the machine's locale (tables hold "±"; some environments default to ASCII).
+export PYTHONUTF8 := 1
 
 .PHONY: install demo test lint bench clean
 

@@ -34,14 +34,14 @@ def test_benchmark_command_on_three_pairs(subset, tmp_path):
         main, ["benchmark", "--data", str(subset), "--methods", "average,maximum", "-o", str(out), "--grid-rows", "2"]
     )
     assert res.exit_code == 0, res.output
-    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    rows = list(csv.DictReader(open(out / "per_image.csv", encoding="utf-8")))
     assert len(rows) == 2 * 3 * 2  # methods x pairs x presets
     assert {r["method"] for r in rows} == {"average", "maximum"}
-    summary = list(csv.DictReader(open(out / "summary_clinicalfmamba.csv")))
+    summary = list(csv.DictReader(open(out / "summary_clinicalfmamba.csv", encoding="utf-8")))
     assert [r["method"] for r in summary] == ["average", "maximum"]
     cols = list(summary[0])
     assert cols[6:16:2] == ["PSNR_mean", "SSIM_mean", "FMI_mean", "FSIM_mean", "EN_mean"]  # the paper's order
-    md = (out / "summary.md").read_text()
+    md = (out / "summary.md").read_text(encoding="utf-8")
     assert "## Preset `standard`" in md and "| average |" in md
     # PSNR(F=max) against A is the source-wise mean: check one value against a direct computation
     maxrow = next(r for r in rows if r["method"] == "maximum" and r["preset"] == "clinicalfmamba")

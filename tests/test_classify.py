@@ -122,7 +122,7 @@ def _classify(root: Path, out: Path) -> dict[str, float]:
             "1", "--epochs", "12", "--size", "32", "--slices", "4", "-o", str(out)]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
-    with open(out / "classification_2d.csv", newline="") as fh:
+    with open(out / "classification_2d.csv", newline="", encoding="utf-8") as fh:
         (row,) = list(csv.DictReader(fh))
     assert (out / "roc_2d.png").stat().st_size > 1000 and (out / "classification.md").is_file()
     return {k: float(v) for k, v in row.items() if k.endswith("_mean")}

@@ -28,7 +28,7 @@ def make_harvard(root: Path, n_train: int = 4, n_val: int = 2, size: int = 40, s
         Image.fromarray(mri).save(root / "MRI" / f"{id_}.png")
         Image.fromarray(np.stack([inv] * 3, axis=-1)).save(root / "SPECT" / f"{id_}.png")
         rows.append({"id": id_, "case": str(i % 3), "split": "train" if i < n_train else "val"})
-    with open(root / "split.csv", "w", newline="") as fh:
+    with open(root / "split.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["id", "case", "split"])
         writer.writeheader()
         writer.writerows(rows)
@@ -77,7 +77,7 @@ def test_harvard_errors(tmp_path):
 
 def test_harvard_real_split(data_dir):
     root = data_dir / "harvard/SPECT-MRI"
-    with open(root / "split.csv", newline="") as fh:
+    with open(root / "split.csv", newline="", encoding="utf-8") as fh:
         val_ids = {r["id"] for r in csv.DictReader(fh) if r["split"] == "val"}
     ds = HarvardPairs(root, "val", ids=sorted(val_ids)[:4])
     assert set(ds.ids) <= val_ids and len(ds) == 4

@@ -38,9 +38,9 @@ def test_cohort_layout_and_truth(tmp_path: Path):
         assert t2.shape == (16, 16, 16) and t2.get_data_dtype() == np.int16
         assert set(np.unique(seg)) <= {0, 1, 2, 4} and (seg == 2).any()
         assert np.all(np.asarray(t2.dataobj)[seg > 0] > 0)  # the lesion lies in the brain
-    mapping = (root / "name_mapping.csv").read_text().splitlines()
+    mapping = (root / "name_mapping.csv").read_text(encoding="utf-8").splitlines()
     assert mapping[0] == "Grade,BraTS_2019_subject_ID" and len(mapping) == 7
-    meta = json.loads((root / "synthetic.json").read_text())
+    meta = json.loads((root / "synthetic.json").read_text(encoding="utf-8"))
     assert meta["config"]["effect"] == 1.0 and meta["ideal_auc"]["both"] > meta["ideal_auc"]["t2"]
     res = CliRunner().invoke(main, ["synth-brats", str(tmp_path), "--cases", "4", "--size", "16"])
     assert res.exit_code == 2 and "--overwrite" in res.output

@@ -104,13 +104,13 @@ def test_outputs_log_and_best(pairs, tmp_path):
     assert (result.step, result.total_steps, result.stopped) == (8, 8, "done")
     for name in ("last.safetensors", "last_state.pt", "best.safetensors", "best.json", "config.yaml", "log.csv"):
         assert (out / name).is_file(), name
-    with open(out / "log.csv", newline="") as fh:
+    with open(out / "log.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["step"]) for r in rows] == [0, 4, 8]
     for col in ("epoch", "train_loss", "train_l1", "train_grad", "val_loss", "val_l1", "lr", "seconds"):
         assert col in rows[-1], col
     assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])  # it learns
-    assert json.loads((out / "best.json").read_text())["val_loss"] == pytest.approx(
+    assert json.loads((out / "best.json").read_text(encoding="utf-8"))["val_loss"] == pytest.approx(
         min(float(r["val_loss"]) for r in rows))
     assert TrainConfig.from_yaml(out / "config.yaml").crop == 32
     half = export_fp16(out / "best.safetensors", tmp_path / "ship.safetensors")
@@ -233,7 +233,7 @@ def test_shipped_configs_load(path):
 def test_val_every_and_limit(pairs, tmp_path):
     out = tmp_path / "v"
     train(_cfg(pairs, out, epochs=2, precision="fp32", val_every=2, val_limit=1), model=_seeded())
-    with open(out / "log.csv", newline="") as fh:
+    with open(out / "log.csv", newline="", encoding="utf-8") as fh:
         assert [int(r["step"]) for r in csv.DictReader(fh)] == [8]  # epoch 1 skipped, the last epoch validated
 
 

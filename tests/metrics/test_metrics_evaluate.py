@@ -40,10 +40,10 @@ def test_evaluate_dirs_writes_tables(folders, tmp_path):
     res = evaluate_dirs(folders["a"], folders["b"], folders["f"], ["PSNR", "EN", "CC"], "standard", out,
                         progress=False)
     assert [r["name"] for r in res.rows] == ["1.png", "2.png", "10.png"]
-    lines = out.read_text().splitlines()
+    lines = out.read_text(encoding="utf-8").splitlines()
     assert lines[0] == "name,PSNR,EN,CC" and len(lines) == 4
     assert (tmp_path / "res_summary.csv").exists()
-    assert "| PSNR |" in (tmp_path / "res_summary.md").read_text()
+    assert "| PSNR |" in (tmp_path / "res_summary.md").read_text(encoding="utf-8")
 
 
 def test_cli_triplet_json_and_folders(folders, tmp_path):
@@ -56,7 +56,7 @@ def test_cli_triplet_json_and_folders(folders, tmp_path):
                           str(folders["f"]), "--preset", "clinicalfmamba", "-o", str(tmp_path / "r.csv"),
                           "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert "EN_unique" in (tmp_path / "r_summary.md").read_text()
+    assert "EN_unique" in (tmp_path / "r_summary.md").read_text(encoding="utf-8")
     res = r.invoke(main, ["evaluate", a, b, f, "--metrics", "BOGUS"])
     assert res.exit_code == 2 and "unknown metric" in res.output
     res = r.invoke(main, ["evaluate", "--a", str(folders["a"])])
