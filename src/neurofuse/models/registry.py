@@ -64,10 +64,15 @@ def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None) 
     except Exception as exc:  # safetensors raises several types for bad headers
         raise InputError(f"{path}: not a readable safetensors file ({exc})") from None
     ref = model.state_dict()
-    state = {k: v.to(ref[k].dtype) if k in ref else v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise InputError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    missing = [k for k in ref if k not in state]
+    unexpected = [k for k in state if k not in ref]
+    wrong = [k for k in ref if k in state and state[k].shape != ref[k].shape]
+    if missing or unexpected or wrong:
+        raise InputError(
+            f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]}, "
+            f"wrong shape {wrong[:3]})"
+        )
+    model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()})
     return model
 
 
