@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neurofuse.data import HarvardPairs, VolumePairs, VolumePrep, brain_bbox, find_volume_pairs, pad_crop
+from neurofuse.brats import PreprocessConfig, brain_bbox
+from neurofuse.data import HarvardPairs, VolumePairs
 from neurofuse.errors import InputError
 from neurofuse.io import rgb_to_ycbcr
 
@@ -85,29 +86,29 @@ def test_harvard_real_split(data_dir):
     assert item["a"].shape == (1, 256, 256) and float(item["b"].max()) == pytest.approx(1.0)
 
 
-def _write_case(folder: Path, case: str, t2_tag: str, flair_tag: str, rng: np.random.Generator) -> None:
-    """A 40x36x30 volume with a 20x24x10 'brain' at an offset; FLAIR = 2 * T2 (same after min-max)."""
+def _write_case(folder: Path, t2_tag: str, flair_tag: str, rng: np.random.Generator) -> None:
+    """Case folder `<ID>/<ID><tag>.nii.gz`: a 40x36x30 volume with a 20x24x10 'brain' at an offset;
+    FLAIR = 2 * T2 (the same after normalisation)."""
     folder.mkdir(parents=True)
     t2 = np.zeros((40, 36, 30), np.float32)
     t2[5:25, 6:30, 10:20] = rng.uniform(1, 100, (20, 24, 10))
     for tag, vol in ((t2_tag, t2), (flair_tag, 2 * t2)):
-        nib.save(nib.Nifti1Image(vol, np.eye(4)), folder / f"{case}{tag}.nii.gz")
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), folder / f"{folder.name}{tag}.nii.gz")
 
 
 def test_volume_pairs_layouts_bbox_and_patches(tmp_path):
     rng = np.random.default_rng(1)
-    _write_case(tmp_path / "HGG/BraTS19_X_1", "BraTS19_X_1", "_t2", "_flair", rng)
-    _write_case(tmp_path / "BraTS-MET-00001-000", "BraTS-MET-00001-000", "-t2w", "-t2f", rng)
-    assert [c[0] for c in find_volume_pairs(tmp_path)] == ["BraTS-MET-00001-000", "BraTS19_X_1"]
-    prep = VolumePrep(size=32, fit="pad_crop")
+    _write_case(tmp_path / "HGG/BraTS19_X_1", "_t2", "_flair", rng)
+    _write_case(tmp_path / "BraTS-MET-00001-000", "-t2w", "-t2f", rng)
+    prep = PreprocessConfig(size=32, mode="crop")
     train, val = VolumePairs(tmp_path, "train", prep=prep), VolumePairs(tmp_path, "val", prep=prep)
     assert train.ids == ["BraTS-MET-00001-000"] and val.ids == ["BraTS19_X_1"]  # two cases: last one is val
     a = train[0]["a"][0].numpy()
     assert a.shape == (32, 32, 32) and a.max() == pytest.approx(1.0)
-    box = brain_bbox(a)
-    assert [s.stop - s.start for s in box] == [20, 24, 10]  # the brain, centred by pad_crop
-    resampled = VolumePairs(tmp_path, "train", prep=VolumePrep(size=32))[0]["a"][0].numpy()
-    assert max(s.stop - s.start for s in brain_bbox(resampled)) == 32  # longest brain axis fills the cube
+    box = brain_bbox([a])
+    assert [s.stop - s.start for s in box] == [20, 24, 10]  # the brain, centred by the crop/pad
+    resampled = VolumePairs(tmp_path, "train", prep=PreprocessConfig(size=32, margin=0))[0]["a"][0].numpy()
+    assert max(s.stop - s.start for s in brain_bbox([resampled])) == 32  # longest brain axis fills the cube
     patches = VolumePairs(tmp_path, "all", crop=12, augment=True, prep=prep, seed=2)
     for i in range(2):
         item = patches[i]
@@ -116,28 +117,22 @@ def test_volume_pairs_layouts_bbox_and_patches(tmp_path):
 
 
 def test_volume_single_case_and_errors(tmp_path):
-    _write_case(tmp_path / "c", "C1", "_t2", "_flair", np.random.default_rng(0))
-    prep = VolumePrep(size=24)
+    _write_case(tmp_path / "C1", "_t2", "_flair", np.random.default_rng(0))
+    prep = PreprocessConfig(size=24)
     assert VolumePairs(tmp_path, "train", prep=prep).ids == VolumePairs(tmp_path, "val", prep=prep).ids == ["C1"]
-    (tmp_path / "c" / "C1_flair.nii.gz").unlink()
-    with pytest.raises(InputError, match="C1_flair"):
-        find_volume_pairs(tmp_path)
+    (tmp_path / "C1" / "C1_flair.nii.gz").unlink()
+    with pytest.raises(InputError, match="flair"):
+        VolumePairs(tmp_path, "all", prep=prep)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no BraTS-layout"):
-        find_volume_pairs(tmp_path / "empty")
-    with pytest.raises(InputError, match="not found"):
-        find_volume_pairs(tmp_path / "missing")
-
-
-def test_pad_crop_centres():
-    x = np.arange(5, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
-    y = pad_crop(x, 4)
-    assert y.shape == (4, 4) and np.array_equal(y[:, 0], [0, 1, 2, 3]) and y[0, 3] == 0
+    with pytest.raises(InputError, match="no BraTS case"):
+        VolumePairs(tmp_path / "empty", "all", prep=prep)
+    with pytest.raises(InputError, match="not a folder"):
+        VolumePairs(tmp_path / "missing", "all", prep=prep)
 
 
 def test_volume_real_brats(data_dir):
-    ds = VolumePairs(data_dir / "brats2019", "all", prep=VolumePrep(size=64))
+    ds = VolumePairs(data_dir / "brats2019", "all", prep=PreprocessConfig(size=64, margin=0))
     item = ds[0]
     assert item["id"] == "BraTS19_TCIA10_130_1" and item["a"].shape == (1, 64, 64, 64)
-    box = brain_bbox(item["a"][0].numpy(), item["b"][0].numpy())
+    box = brain_bbox([item["a"][0].numpy(), item["b"][0].numpy()])
     assert max(s.stop - s.start for s in box) == 64

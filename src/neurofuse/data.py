@@ -11,18 +11,17 @@ uninterrupted run would have seen (call `set_epoch` at the start of every epoch)
 from __future__ import annotations
 
 import csv
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from neurofuse.brats import PreprocessConfig, discover, preprocess_case
 from neurofuse.errors import InputError
-from neurofuse.io import read_image, read_luma
+from neurofuse.io import read_luma
 
 SPLITS = ("train", "val", "all")
 
@@ -30,11 +29,6 @@ SPLITS = ("train", "val", "all")
 def _read_luma(path: Path) -> np.ndarray:
     """Gray value of a 2D image in native units; the Y channel (full-range BT.601, as PIL) of colour."""
     return np.asarray(read_luma(path), dtype=np.float32)
-
-
-def _read_volume(path: Path) -> np.ndarray:
-    """A NIfTI volume as float32 in voxel order (i, j, k)."""
-    return np.asarray(read_image(path).array, dtype=np.float32)
 
 
 def minmax01(x: np.ndarray) -> np.ndarray:
@@ -173,139 +167,46 @@ def _compact(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32)
 
 
-# BraTS 2019 `<ID>_t2.nii.gz` / `<ID>_flair.nii.gz`; BraTS 2023 `<ID>-t2w.nii.gz` / `<ID>-t2f.nii.gz`.
-_LAYOUTS = (("_t2", "_flair"), ("-t2w", "-t2f"))
-
-
-def find_volume_pairs(root: str | Path) -> list[tuple[str, Path, Path]]:
-    """(case id, T2 path, FLAIR path) for every BraTS-layout case under `root`, sorted by id."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: data folder not found")
-    cases: dict[str, tuple[Path, Path]] = {}
-    for t2_tag, flair_tag in _LAYOUTS:
-        for t2 in root.rglob(f"*{t2_tag}.nii*"):
-            m = re.fullmatch(rf"(.+){re.escape(t2_tag)}(\.nii(\.gz)?)", t2.name)
-            if m is None:
-                continue
-            flair = t2.with_name(f"{m.group(1)}{flair_tag}{m.group(2)}")
-            if not flair.is_file():
-                raise InputError(f"{t2}: no FLAIR partner {flair.name} beside it")
-            cases[m.group(1)] = (t2, flair)
-    if not cases:
-        raise InputError(f"{root}: no BraTS-layout cases (<ID>_t2.nii.gz + <ID>_flair.nii.gz, or -t2w/-t2f)")
-    return [(k, *cases[k]) for k in sorted(cases)]
-
-
-def brain_bbox(*volumes: np.ndarray) -> tuple[slice, ...]:
-    """Bounding box of voxels above each volume's minimum (skull-stripped background) in any volume."""
-    mask = np.zeros(volumes[0].shape, dtype=bool)
-    for v in volumes:
-        mask |= v > v.min()
-    if not mask.any():
-        return tuple(slice(0, s) for s in mask.shape)
-    sl = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(i for i in range(mask.ndim) if i != axis)))
-        sl.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(sl)
-
-
-def pad_crop(x: np.ndarray, size: int) -> np.ndarray:
-    """Centre zero-pad or centre-crop every axis of `x` to `size`."""
-    out = np.zeros((size,) * x.ndim, dtype=x.dtype)
-    src, dst = [], []
-    for s in x.shape:
-        if s >= size:
-            o = (s - size) // 2
-            src.append(slice(o, o + size))
-            dst.append(slice(0, size))
-        else:
-            o = (size - s) // 2
-            src.append(slice(0, s))
-            dst.append(slice(o, o + s))
-    out[tuple(dst)] = x[tuple(src)]
-    return out
-
-
-def fit_resample(x: np.ndarray, size: int) -> np.ndarray:
-    """Trilinear resize keeping the aspect ratio so the longest axis is `size`, then centre zero-pad."""
-    scale = size / max(x.shape)
-    shape = [max(1, min(size, round(s * scale))) for s in x.shape]
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
-    y = F.interpolate(t, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy()
-    return pad_crop(y, size)
-
-
-@dataclass(frozen=True)
-class VolumePrep:
-    """How a volume pair becomes a training cube: brain-box crop, then `fit` to `size`^3.
-
-    fit: "resample" (aspect-preserving trilinear resize + pad) or "pad_crop" (centre pad/crop, 1 mm kept).
-    clip_percentiles: optional (low, high) intensity percentiles inside the brain clipped before min-max.
-    """
-
-    size: int = 128
-    fit: str = "resample"
-    clip_percentiles: tuple[float, float] | None = None
-
-
-def prepare_volume_pair(t2: np.ndarray, flair: np.ndarray, prep: VolumePrep) -> tuple[np.ndarray, np.ndarray]:
-    """Brain-box crop, per-volume [0,1] normalisation and fit to `prep.size`^3 of one (T2, FLAIR) pair."""
-    box = brain_bbox(t2, flair)
-    out = []
-    for v in (t2[box], flair[box]):
-        if prep.clip_percentiles is not None:
-            brain = v[v > v.min()]
-            lo, hi = np.percentile(brain if brain.size else v, prep.clip_percentiles)
-            v = np.clip(v, lo, hi)
-        v = minmax01(v)
-        out.append(fit_resample(v, prep.size) if prep.fit == "resample" else pad_crop(v, prep.size))
-    return out[0], out[1]
-
-
 class VolumePairs(_PairDataset):
     """T2 / FLAIR volume pairs from BraTS-layout folders (2019 `_t2`/`_flair`, 2023 `-t2w`/`-t2f`).
 
-    Every case is cropped to the brain bounding box, normalised per volume to [0,1] and brought to
-    `prep.size`^3; training draws random `crop`^3 patches with random flips on all three axes.
+    Cases are found and preprocessed by `neurofuse.brats` (`discover`, `preprocess_case`): cropped to
+    the brain bounding box, brought to `prep.size`^3 (aspect-preserving resample or centre crop/pad)
+    and normalised per volume to [0,1] (brain percentiles `prep.clip_percentiles`). Training draws
+    random `crop`^3 patches with random flips on all three axes.
 
     Args:
-        root: folder searched recursively for cases (e.g. `MICCAI_BraTS_2019_Data_Training/`).
+        root: folder searched for cases at any level (e.g. `MICCAI_BraTS_2019_Data_Training/`).
         split: "train", "val" or "all". A `split.csv` (id,split or id,case,split) in `root` decides;
             without one, cases sorted by id go to val at every fifth position (index % 5 == 4); a
             cohort too small for that puts its last case in val, and a single case serves both.
         crop: side of the random training patch; None keeps the whole cube.
         augment: random flips along each axis.
-        prep: brain-box / resampling / normalisation settings.
+        prep: grid size, fit mode and normalisation (`neurofuse.brats.PreprocessConfig`).
         ids: keep only these case ids.
         seed: seed of the patch and flip draws.
     """
 
     def __init__(self, root: str | Path, split: str = "train", crop: int | None = None, augment: bool = False,
-                 prep: VolumePrep = VolumePrep(), ids: Sequence[str] | None = None, seed: int = 3407) -> None:
+                 prep: PreprocessConfig = PreprocessConfig(), ids: Sequence[str] | None = None,
+                 seed: int = 3407) -> None:
         super().__init__(crop, augment, seed)
         root = Path(root)
         _check_split(split, root)
-        if prep.fit not in ("resample", "pad_crop"):
-            raise InputError(f"{root}: unknown volume fit {prep.fit!r}; use resample or pad_crop")
-        cases = find_volume_pairs(root)
+        cases = discover(root, require=("t2", "flair"))
         if ids is not None:
             wanted = {str(i) for i in ids}
-            cases = [c for c in cases if c[0] in wanted]
-        all_ids = [c[0] for c in cases]
-        chosen = [c for c in cases if split == "all" or split in self._splits_of(root, all_ids, c[0])]
+            cases = [c for c in cases if c.id in wanted]
+        all_ids = [c.id for c in cases]
+        chosen = [c for c in cases if split == "all" or split in self._splits_of(root, all_ids, c.id)]
         if not chosen:
             raise InputError(f"{root}: no cases for split {split!r}")
-        self.root, self.prep = root, prep
-        for case, t2_path, flair_path in chosen:
-            t2, flair = _read_volume(t2_path), _read_volume(flair_path)
-            if t2.shape != flair.shape:
-                raise InputError(f"{flair_path}: shape {flair.shape} differs from the T2's {t2.shape}")
-            a, b = prepare_volume_pair(t2, flair, prep)
-            self.ids.append(case)
-            self._a.append(a)
-            self._b.append(b)
+        self.root, self.prep = root, replace(prep, modalities=("t2", "flair"))
+        for case in chosen:
+            vols = preprocess_case(case, self.prep)
+            self.ids.append(case.id)
+            self._a.append(vols["t2"])
+            self._b.append(vols["flair"])
 
     @staticmethod
     def _splits_of(root: Path, all_ids: list[str], case: str) -> tuple[str, ...]:

@@ -42,7 +42,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from neurofuse.data import HarvardPairs, VolumePairs, VolumePrep
+from neurofuse.brats import PreprocessConfig
+from neurofuse.data import HarvardPairs, VolumePairs
 from neurofuse.errors import InputError, NeurofuseError, UsageError
 from neurofuse.io import atomic_write_path, write_csv, write_text
 from neurofuse.models.registry import create_model, load_weights
@@ -75,7 +76,7 @@ class TrainConfig:
     crop: int | None = 96  # 2D crop side / 3D patch side; None trains on whole images
     augment: bool = True
     volume_size: int = 128
-    volume_fit: str = "resample"  # resample | pad_crop
+    volume_fit: str = "resample"  # resample | crop (neurofuse.brats.PreprocessConfig.mode)
     seed: int = 3407
     precision: str = "bf16"  # bf16 | fp32
     device: str = "auto"  # auto | cpu | cuda
@@ -145,7 +146,7 @@ class TrainConfig:
             (self.schedule in ("constant", "cosine"), f"schedule {self.schedule!r} (constant|cosine)"),
             (self.precision in ("bf16", "fp32"), f"precision {self.precision!r} (bf16|fp32)"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"device {self.device!r}"),
-            (self.volume_fit in ("resample", "pad_crop"), f"volume_fit {self.volume_fit!r} (resample|pad_crop)"),
+            (self.volume_fit in ("resample", "crop"), f"volume_fit {self.volume_fit!r} (resample|crop)"),
             (self.epochs >= 1 and self.batch_size >= 1 and self.val_every >= 1,
              "epochs, batch_size and val_every must be >= 1"),
             (self.lr > 0 and self.min_lr >= 0, "lr must be > 0 and min_lr >= 0"),
@@ -182,7 +183,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int]:
     if kind == "harvard":
         train = HarvardPairs(root, "train", crop=cfg.crop, augment=cfg.augment, seed=cfg.seed)
         return train, HarvardPairs(root, "val"), 2
-    prep = VolumePrep(size=cfg.volume_size, fit=cfg.volume_fit)
+    prep = PreprocessConfig(size=cfg.volume_size, mode=cfg.volume_fit)
     train = VolumePairs(root, "train", crop=cfg.crop, augment=cfg.augment, prep=prep, seed=cfg.seed)
     return train, VolumePairs(root, "val", prep=prep), 3
 
