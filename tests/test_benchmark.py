@@ -62,3 +62,12 @@ def test_write_grid_layout(tmp_path):
     img = np.asarray(Image.open(tmp_path / "g.png"))
     assert img.shape == (5 + 3 * 10 + 2 * 2, 2 * 12 + 2, 3)
     assert img[5:15, 14:26].min() == 255 and img[5:15, :12].max() == 0
+
+
+def test_undefined_metric_becomes_nan_not_a_crash(rng):
+    from neurofuse.benchmark import metrics_or_nan
+
+    a = rng.random((32, 32))
+    b = rng.random((32, 32))
+    row = metrics_or_nan(a, b, a.copy(), "standard")  # F = A: SCD's correlation with F - A is undefined
+    assert np.isnan(row["SCD"]) and np.isfinite(row["PSNR"]) and np.isfinite(row["SSIM"])

@@ -23,10 +23,10 @@ from PIL import ImageDraw
 from tqdm import tqdm
 
 from neurofuse.data import harvard_split
-from neurofuse.errors import NeurofuseError
+from neurofuse.errors import InputError, NeurofuseError
 from neurofuse.fusion import fuse, get_method, list_methods
 from neurofuse.io import atomic_write_path, read_image, write_csv, write_text
-from neurofuse.metrics import compute_metrics
+from neurofuse.metrics import compute_metrics, get_preset
 from neurofuse.pipeline import fusion_inputs, merge_colour
 
 MAIN_METRICS = ("PSNR", "SSIM", "FMI", "FSIM", "EN")
@@ -111,7 +111,7 @@ def run_benchmark(
             f = fuse(ya, yb, name, **opts)
             res.latencies.append(time.perf_counter() - t0)
             for p in presets:
-                res.metrics[p].append({"id": id_, **compute_metrics(ya, yb, f, preset=p)})
+                res.metrics[p].append({"id": id_, **metrics_or_nan(ya, yb, f, p)})
             if k in grid_idx:
                 grid.setdefault(name, []).append(merge_colour(f, a_img, b_img))
             bar.update(1)
@@ -130,6 +130,20 @@ def run_benchmark(
     return results
 
 
+def metrics_or_nan(a: np.ndarray, b: np.ndarray, f: np.ndarray, preset: str) -> dict[str, float]:
+    """The preset's metrics; one undefined on this triplet (e.g. SCD when F - A is constant) is NaN."""
+    try:
+        return compute_metrics(a, b, f, preset=preset)
+    except InputError:
+        out = {}
+        for name in get_preset(preset).default_2d:
+            try:
+                out.update(compute_metrics(a, b, f, metrics=[name], preset=preset))
+            except InputError:
+                out[name] = float("nan")
+        return out
+
+
 def metric_columns(results: list[MethodResult], preset: str) -> list[str]:
     """Metric names in table order: the paper's five first, then the rest as computed."""
     seen: list[str] = []
@@ -141,7 +155,9 @@ def metric_columns(results: list[MethodResult], preset: str) -> list[str]:
 
 def _stats(r: MethodResult, preset: str, metric: str) -> tuple[float, float]:
     vals = np.array([row[metric] for row in r.metrics[preset]], dtype=np.float64)
-    return float(vals.mean()), float(vals.std())
+    if np.isnan(vals).all():
+        return float("nan"), float("nan")
+    return float(np.nanmean(vals)), float(np.nanstd(vals))
 
 
 def _timing(r: MethodResult) -> tuple[float, float]:
@@ -195,6 +211,7 @@ def _write_markdown(path: Path, results, presets, data: Path, split: str, n: int
     skipped = [r for r in results if r.skipped]
     if skipped:
         lines += ["Skipped:", ""] + [f"- `{r.name}`: {r.skipped}" for r in skipped] + [""]
+    lines.append("Metrics undefined on a pair (NaN in per_image.csv) are left out of its mean.")
     lines.append("Latency: median wall time of the fusion call alone on [0, 1] arrays (no I/O), this machine.")
     write_text(path, "\n".join(lines) + "\n")
 
