@@ -19,6 +19,7 @@ import numpy as np
 
 from neurofuse.brats import PreprocessConfig, discover, preprocess_case
 from neurofuse.cli.fuse import method_options
+from neurofuse.evaluate import markdown_table
 from neurofuse.fusion import fuse, list_methods
 from neurofuse.io import write_csv, write_text
 from neurofuse.metrics import compute_metrics
@@ -51,17 +52,13 @@ def main() -> None:
                 rows.append({"method": m, "case": cid, "preset": preset, "seconds": round(seconds, 3), **vals})
     lines = [f"# 3D fusion, T2 + FLAIR at {args.size}^3: {len(vols)} case(s) ({', '.join(vols)})", ""]
     for preset in ("clinicalfmamba", "standard"):
-        lines += [
-            f"## Preset `{preset}` (mean over cases)",
-            "",
-            "| method | " + " | ".join(METRICS) + " | s/volume |",
-            "|---" * (len(METRICS) + 2) + "|",
-        ]
+        table = []
         for m in methods:
             sel = [r for r in rows if r["method"] == m and r["preset"] == preset]
             cells = [f"{np.mean([r[k] for r in sel]):.4g}" for k in METRICS]
-            lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean([r['seconds'] for r in sel]):.2f} |")
-        lines.append("")
+            table.append([m, *cells, f"{np.mean([r['seconds'] for r in sel]):.2f}"])
+        lines += [f"## Preset `{preset}` (mean over cases)", ""]
+        lines += markdown_table(["method", *METRICS, "s/volume"], table) + [""]
     text = "\n".join(lines)
     print(text)
     if args.out is not None:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from neurofuse.data import harvard_split
 from neurofuse.errors import InputError, NeurofuseError
+from neurofuse.evaluate import markdown_table
 from neurofuse.fusion import fuse, get_method, list_methods
 from neurofuse.io import atomic_write_path, read_image, write_csv, write_text
 from neurofuse.metrics import compute_metrics, get_preset
@@ -194,20 +195,16 @@ def _write_markdown(path: Path, results, presets, data: Path, split: str, n: int
     lines = [f"# Benchmark: {data.name}, split `{split}` ({n} pairs)", ""]
     for p in presets:
         cols = metric_columns(results, p)
-        lines += [
-            f"## Preset `{p}` (mean ± std over pairs)",
-            "",
-            "| method | " + " | ".join(cols) + " | params | latency (ms) | pairs/s |",
-            "|---" * (len(cols) + 4) + "|",
-        ]
+        rows = []
         for r in results:
             if r.skipped:
                 continue
             lat, thr = _timing(r)
             cells = [f"{m:.4g} ± {s:.2g}" for m, s in (_stats(r, p, c) for c in cols)]
             params = "-" if r.params is None else f"{r.params:,}"
-            lines.append(f"| {r.name} | " + " | ".join(cells) + f" | {params} | {lat:.2f} | {thr:.1f} |")
-        lines.append("")
+            rows.append([r.name, *cells, params, f"{lat:.2f}", f"{thr:.1f}"])
+        lines += [f"## Preset `{p}` (mean ± std over pairs)", ""]
+        lines += markdown_table(["method", *cols, "params", "latency (ms)", "pairs/s"], rows) + [""]
     skipped = [r for r in results if r.skipped]
     if skipped:
         lines += ["Skipped:", ""] + [f"- `{r.name}`: {r.skipped}" for r in skipped] + [""]

@@ -88,12 +88,17 @@ def summarize(rows: Iterable[dict], metrics: Sequence[str] | None = None) -> lis
     return table
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """Lines of a Markdown table: header, separator, one line per row (cells already formatted)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
 def summary_markdown(table: Sequence[dict], title: str | None = None, digits: int = 4) -> str:
     """A Markdown table `metric | mean +- std | n | better`."""
     lines = [f"### {title}", ""] if title else []
-    lines += ["| metric | mean ± std | n | better |", "| --- | --- | --- | --- |"]
-    for r in table:
-        lines.append(f"| {r['metric']} | {r['mean']:.{digits}f} ± {r['std']:.{digits}f} | {r['n']} | {r['better']} |")
+    rows = [(r["metric"], f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}", r["n"], r["better"]) for r in table]
+    lines += markdown_table(["metric", "mean ± std", "n", "better"], rows)
     return "\n".join(lines) + "\n"
 
 
