@@ -38,18 +38,18 @@ _L3, _L5, _L7, _L9, _L11, _L13, _L15 = (_F(1.0 / k) for k in range(3, 16, 2))
 
 
 @intrinsic
-def _bits_to_f32(typingctx, bits):
-    """Reinterpret the low 32 bits of an integer as a float32 (an LLVM bitcast, vectorisable)."""
-    if not isinstance(bits, types.Integer):
+def _pow2_f32(typingctx, k):
+    """2**k for a float32 k holding an integer in [-126, 127]: (int32(k) + 127) << 23 reinterpreted."""
+    if k != types.float32:
         return None
 
     def codegen(context, builder, signature, args):
-        value = args[0]
-        if bits.bitwidth > 32:
-            value = builder.trunc(value, ir.IntType(32))
-        return builder.bitcast(value, ir.FloatType())
+        i32 = ir.IntType(32)
+        ki = builder.fptosi(args[0], i32)
+        bits = builder.shl(builder.add(ki, ir.Constant(i32, 127)), ir.Constant(i32, 23))
+        return builder.bitcast(bits, ir.FloatType())
 
-    return types.float32(bits), codegen
+    return types.float32(k), codegen
 
 
 def _exp(x):
@@ -73,7 +73,7 @@ def _exp_overload(x):
             p = p * r + _C2
             p = p * r + _ONE
             p = p * r + _ONE
-            res = p * _bits_to_f32((np.int64(k) + 127) << 23)
+            res = p * _pow2_f32(k)
             if x < _EXP_LO:
                 res = _ZERO
             if x > _EXP_HI:
@@ -139,48 +139,53 @@ def _signature(kind: str, ft: str) -> str:
     return f"void({common}, {c4}, {a4}, {c3}, {c4}, {c4}, {c4}, {c3}, {ft}[:,::1], {c5}, {c5})"
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _load_row(src, b, d, s0, m, reverse, out):
     """out[j] = src[b, d, t_j] for the m steps from step s0 (t_j counts down when reverse).
 
     src is (batch, d_inner, L1, L2): the sequence is its last two axes read row-major through their
-    strides, so a transposed (column-major) grid view needs no copy.
+    strides, so a transposed (column-major) grid view needs no copy. The steps are copied one grid
+    row segment at a time (a plain strided loop LLVM vectorises).
     """
     L2 = src.shape[3]
     L = src.shape[2] * L2
-    t = L - 1 - s0 if reverse else s0
-    i = t // L2
-    k = t - i * L2
-    step = -1 if reverse else 1
-    for j in range(m):  # walk (i, k) with a carry instead of a division per element
-        out[j] = src[b, d, i, k]
-        k += step
-        if k == L2:
-            k = 0
-            i += 1
-        elif k < 0:
-            k = L2 - 1
-            i -= 1
+    j = 0
+    while j < m:
+        t = L - 1 - (s0 + j) if reverse else s0 + j
+        i = t // L2
+        k = t - i * L2
+        row = src[b, d, i]
+        if reverse:
+            n = min(m - j, k + 1)
+            for q in range(n):
+                out[j + q] = row[k - q]
+        else:
+            n = min(m - j, L2 - k)
+            for q in range(n):
+                out[j + q] = row[k + q]
+        j += n
 
 
-@njit(cache=True)
-def _store_row(row, b, d, s0, m, reverse, dst):
-    """dst[b, d, t_j] = row[j], the inverse of `_load_row`."""
+@njit(cache=True, inline="always")
+def _store_row(row_in, b, d, s0, m, reverse, dst):
+    """dst[b, d, t_j] = row_in[j], the inverse of `_load_row`."""
     L2 = dst.shape[3]
     L = dst.shape[2] * L2
-    t = L - 1 - s0 if reverse else s0
-    i = t // L2
-    k = t - i * L2
-    step = -1 if reverse else 1
-    for j in range(m):
-        dst[b, d, i, k] = row[j]
-        k += step
-        if k == L2:
-            k = 0
-            i += 1
-        elif k < 0:
-            k = L2 - 1
-            i -= 1
+    j = 0
+    while j < m:
+        t = L - 1 - (s0 + j) if reverse else s0 + j
+        i = t // L2
+        k = t - i * L2
+        row = dst[b, d, i]
+        if reverse:
+            n = min(m - j, k + 1)
+            for q in range(n):
+                row[k - q] = row_in[j + q]
+        else:
+            n = min(m - j, L2 - k)
+            for q in range(n):
+                row[k + q] = row_in[j + q]
+        j += n
 
 
 @njit(cache=True)
@@ -193,6 +198,51 @@ def _block(item, d_inner, n_groups):
     g = rest // blocks
     blk = rest - g * blocks
     return b, g, g * per_group + blk * _W, min(_W, per_group - blk * _W)
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy", inline="never")
+def _prework(dt_buf, u_buf, x_buf, bias_blk, softplus):
+    """On (K, _W) tiles: dt = softplus?(delta + bias) in place (dt_buf holds delta on entry); x = dt * u."""
+    for j in range(dt_buf.shape[0]):
+        for w in range(_W):
+            v = dt_buf[j, w] + bias_blk[w]
+            if softplus:
+                v = _softplus(v)
+            dt_buf[j, w] = v
+            x_buf[j, w] = v * u_buf[j, w]
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy", inline="never")
+def _epilogue(y_buf, u_buf, z_buf, skip_blk, has_z):
+    """In place on (K, _W) tiles: y = (y + D u) * silu(z)."""
+    for j in range(y_buf.shape[0]):
+        for w in range(_W):
+            o = y_buf[j, w] + skip_blk[w] * u_buf[j, w]
+            if has_z:
+                zz = z_buf[j, w]
+                o = o * zz * _sigmoid(zz)
+            y_buf[j, w] = o
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy", inline="never")
+def _recurrence(m, wn, t0, step, dt_buf, x_buf, a_blk, Bt, Ct, h, y_buf):
+    """m steps of h = exp(dt A) h + (dt u) B_t, y = C_t h for a block of wn channels (the SIMD lanes).
+
+    A separate function so LLVM optimises the hot loop on its own. Bt, Ct: (L, N) of one batch and
+    group; step t0 + j * step; dt_buf, x_buf, y_buf (K, _W); a_blk, h (N, _W).
+    """
+    n_state = a_blk.shape[0]
+    for j in range(m):
+        t = t0 + j * step
+        for w in range(wn):
+            y_buf[j, w] = 0
+        for n in range(n_state):
+            bn = Bt[t, n]
+            cn = Ct[t, n]
+            for w in range(wn):
+                hn = _exp(dt_buf[j, w] * a_blk[n, w]) * h[n, w] + x_buf[j, w] * bn
+                h[n, w] = hn
+                y_buf[j, w] += hn * cn
 
 
 @njit(
@@ -209,11 +259,16 @@ def scan_fwd(u, delta, A, Bw, Cw, Dv, z, bias, softplus, has_z, reverse, K, save
     Dv, bias (d_inner,); y (batch, d_inner, L); last (batch, d_inner, N); ck (batch, d_inner, nck, N).
     A work item is a block of up to _W channels of one group: the innermost loops run over the
     block's channels (SIMD lanes, B_t and C_t broadcast), the states sit in an (N, _W) buffer.
-    Time goes in blocks of K steps: element-wise prework (softplus, delta*u) and the epilogue
-    (skip, gate) are separate vectorised passes around the recurrence.
+    Time goes in blocks of K steps. Per block: u and delta are gathered across the channels into
+    (K, _W) tiles (one step at a time, lanes = channels), the element-wise prework (softplus, delta*u)
+    runs as one flat vectorised pass over the tiles, then the recurrence, then u and z are gathered
+    for the epilogue (skip, gate) pass and the tile is scattered to y. Measured on this CPU this
+    tile layout made the forward 1.5x faster than row-wise copies with the math in the copy loops
+    (transcendental math inside strided loops did not vectorise).
     """
     batch, d_inner = u.shape[0], u.shape[1]
-    L = u.shape[2] * u.shape[3]
+    L2 = u.shape[3]
+    L = u.shape[2] * L2
     n_state = A.shape[1]
     n_groups = Bw.shape[1]
     items = batch * n_groups * ((d_inner // n_groups + _W - 1) // _W)
@@ -221,49 +276,42 @@ def scan_fwd(u, delta, A, Bw, Cw, Dv, z, bias, softplus, has_z, reverse, K, save
         b, g, d0, wn = _block(item, d_inner, n_groups)
         h = np.zeros((n_state, _W), dtype=y.dtype)
         a_blk = np.empty((n_state, _W), dtype=y.dtype)
-        dt_buf = np.empty((K, _W), dtype=y.dtype)
-        x_buf = np.empty((K, _W), dtype=y.dtype)
-        y_buf = np.empty((K, _W), dtype=y.dtype)
-        row_u = np.empty(K, dtype=y.dtype)
-        row_v = np.empty(K, dtype=y.dtype)
+        # zero-filled so the lanes past a short last block (wn < _W) hold finite values
+        dt_buf = np.zeros((K, _W), dtype=y.dtype)
+        x_buf = np.zeros((K, _W), dtype=y.dtype)
+        u_buf = np.zeros((K, _W), dtype=y.dtype)
+        z_buf = np.zeros((K, _W), dtype=y.dtype)
+        y_buf = np.zeros((K, _W), dtype=y.dtype)
+        bias_blk = np.zeros(_W, dtype=y.dtype)
+        skip_blk = np.zeros(_W, dtype=y.dtype)
+        for w in range(wn):
+            bias_blk[w] = bias[d0 + w]
+            skip_blk[w] = Dv[d0 + w]
         for n in range(n_state):
             for w in range(wn):
                 a_blk[n, w] = A[d0 + w, n]
         for s0 in range(0, L, K):
             m = min(K, L - s0)
-            for w in range(wn):
-                _load_row(delta, b, d0 + w, s0, m, reverse, row_v)
-                _load_row(u, b, d0 + w, s0, m, reverse, row_u)
-                bias_d = bias[d0 + w]
-                for j in range(m):
-                    row_v[j] += bias_d
-                if softplus:
-                    for j in range(m):
-                        row_v[j] = _softplus(row_v[j])
-                for j in range(m):
-                    dt_buf[j, w] = row_v[j]
-                    x_buf[j, w] = row_v[j] * row_u[j]
             for j in range(m):
                 t = L - 1 - (s0 + j) if reverse else s0 + j
+                i = t // L2
+                k = t - i * L2
                 for w in range(wn):
-                    y_buf[j, w] = 0
-                for n in range(n_state):
-                    bn = Bw[b, g, t, n]
-                    cn = Cw[b, g, t, n]
-                    for w in range(wn):
-                        hn = _exp(dt_buf[j, w] * a_blk[n, w]) * h[n, w] + x_buf[j, w] * bn
-                        h[n, w] = hn
-                        y_buf[j, w] += hn * cn
-            for w in range(wn):
-                _load_row(u, b, d0 + w, s0, m, reverse, row_u)
-                skip_d = Dv[d0 + w]
-                for j in range(m):
-                    row_u[j] = y_buf[j, w] + skip_d * row_u[j]
+                    dt_buf[j, w] = delta[b, d0 + w, i, k]
+                    u_buf[j, w] = u[b, d0 + w, i, k]
                 if has_z:
-                    _load_row(z, b, d0 + w, s0, m, reverse, row_v)
-                    for j in range(m):
-                        row_u[j] = row_u[j] * row_v[j] * _sigmoid(row_v[j])
-                _store_row(row_u, b, d0 + w, s0, m, reverse, y)
+                    for w in range(wn):
+                        z_buf[j, w] = z[b, d0 + w, i, k]
+            _prework(dt_buf, u_buf, x_buf, bias_blk, softplus)
+            t0 = L - 1 - s0 if reverse else s0
+            _recurrence(m, wn, t0, -1 if reverse else 1, dt_buf, x_buf, a_blk, Bw[b, g], Cw[b, g], h, y_buf)
+            _epilogue(y_buf, u_buf, z_buf, skip_blk, has_z)
+            for j in range(m):
+                t = L - 1 - (s0 + j) if reverse else s0 + j
+                i = t // L2
+                k = t - i * L2
+                for w in range(wn):
+                    y[b, d0 + w, i, k] = y_buf[j, w]
             if save_ck and m == K:
                 for w in range(wn):
                     for n in range(n_state):
