@@ -2,6 +2,9 @@
 
     python benchmarks/brats3d.py --data ../shared/data --out docs/results/brats3d
     python benchmarks/brats3d.py --data ROOT --method clinicalfmamba -O weights=runs/x/best.safetensors
+    python benchmarks/brats3d.py --data ROOT --method average \
+        --learned "ClinicalFMamba-3D=clinicalfmamba:runs/a/best.safetensors" \
+        --learned "ClinicalFMamba-3D single scan=clinicalfmamba:runs/b/best.safetensors"
 
 Every case under `--data` (BraTS 2019 or 2021/2023 layout) is cropped to its brain box, resampled
 to the grid and normalised (`neurofuse.brats.preprocess_case`), fused by each method, and measured
@@ -34,26 +37,43 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--method", action="append", default=None, help="methods (default: every classical one)")
     ap.add_argument("-O", "--option", action="append", default=[], help="KEY=VALUE for learned methods")
+    ap.add_argument(
+        "--learned",
+        action="append",
+        default=[],
+        metavar="LABEL=METHOD:WEIGHTS",
+        help="a row LABEL: learned METHOD with these weights (repeatable; e.g. an ablation)",
+    )
     args = ap.parse_args()
-    methods = args.method or [m.name for m in list_methods("classical")]
     opts = method_options(tuple(args.option))
+    kinds = {x.name: x.kind for x in list_methods()}
+    # (row label, method, options)
+    entries = [
+        (m, m, opts if kinds.get(m) == "learned" else {})
+        for m in (args.method or [m.name for m in list_methods("classical")])
+    ]
+    for spec in args.learned:
+        label, sep, rest = spec.partition("=")
+        method, sep2, weights = rest.partition(":")
+        if not (sep and sep2 and label and method and weights):
+            ap.error(f"--learned {spec!r}: expected LABEL=METHOD:WEIGHTS")
+        entries.append((label, method, {**opts, "weights": weights}))
     cases = discover(args.data, require=("t2", "flair"))
     cfg = PreprocessConfig(size=args.size)
     vols = {c.id: preprocess_case(c, cfg) for c in cases}
     rows = []
-    for m in methods:
-        kind = next(x.kind for x in list_methods() if x.name == m)
+    for label, m, kw in entries:
         for cid, v in vols.items():
             t0 = time.perf_counter()
-            f = fuse(v["t2"], v["flair"], m, **(opts if kind == "learned" else {}))
+            f = fuse(v["t2"], v["flair"], m, **kw)
             seconds = time.perf_counter() - t0
             for preset in ("clinicalfmamba", "standard"):
                 vals = compute_metrics(v["t2"], v["flair"], f, metrics=METRICS, preset=preset)
-                rows.append({"method": m, "case": cid, "preset": preset, "seconds": round(seconds, 3), **vals})
+                rows.append({"method": label, "case": cid, "preset": preset, "seconds": round(seconds, 3), **vals})
     lines = [f"# 3D fusion, T2 + FLAIR at {args.size}^3: {len(vols)} case(s) ({', '.join(vols)})", ""]
     for preset in ("clinicalfmamba", "standard"):
         table = []
-        for m in methods:
+        for m, _, _ in entries:
             sel = [r for r in rows if r["method"] == m and r["preset"] == preset]
             cells = [f"{np.mean([r[k] for r in sel]):.4g}" for k in METRICS]
             table.append([m, *cells, f"{np.mean([r['seconds'] for r in sel]):.2f}"])

@@ -108,6 +108,19 @@ def test_case_inputs_shapes(small_cohort: Path, tmp_path: Path):
     assert case_inputs(case, "fused:average", d3, tmp_path).shape == (1, 16, 16, 16)
 
 
+def test_2d_inputs_from_the_3d_fused_volume(small_cohort: Path, tmp_path: Path):
+    """`fuse_in="volume"`: the 2D slices are slices of the volume fused in 3D (not fused slice by slice)."""
+    case = discover(small_cohort)[0]
+    pre = PreprocessConfig(size=16)
+    vol = case_inputs(case, "fused:dwt", DataConfig(dims=3, pre=pre), tmp_path)[0]
+    from_volume = case_inputs(case, "fused:dwt", DataConfig(dims=2, slices=4, pre=pre, fuse_in="volume"), tmp_path)
+    per_slice = case_inputs(case, "fused:dwt", DataConfig(dims=2, slices=4, pre=pre), tmp_path)
+    assert from_volume.shape == per_slice.shape == (4, 1, 16, 16)
+    for img in from_volume[:, 0]:
+        assert min(np.abs(vol[:, :, k] - img).max() for k in range(16)) < 1e-6
+    assert not np.allclose(from_volume, per_slice, atol=1e-3)
+
+
 def test_markdown_table_layout():
     rows = [{"dims": d, "input": i, "auc_mean": "0.7", "auc_std": "0.1", "f1_mean": "0.6", "f1_std": "0.05",
              "acc_mean": "0.65", "acc_std": "0.02"} for d in ("2", "3") for i in ("t2", "stack")]

@@ -275,7 +275,7 @@ def select_slices(seg: np.ndarray | None, n: int, depth: int | None = None, min_
     return np.arange(start, min(start + n, depth))
 
 
-def fuse_axial(t2: np.ndarray, flair: np.ndarray, method: str) -> np.ndarray:
+def fuse_axial(t2: np.ndarray, flair: np.ndarray, method: str, **options) -> np.ndarray:
     """Fuse two volumes in [0, 1] axial slice by axial slice (third axis) with a 2D fusion method.
 
     Slices where both inputs are constant (outside the brain) stay 0; where only one is, the fused slice
@@ -287,7 +287,7 @@ def fuse_axial(t2: np.ndarray, flair: np.ndarray, method: str) -> np.ndarray:
         flat_a, flat_b = a.max() == a.min(), b.max() == b.min()
         if flat_a and flat_b:
             continue
-        out[:, :, k] = b if flat_a else a if flat_b else fuse(a, b, method)
+        out[:, :, k] = b if flat_a else a if flat_b else fuse(a, b, method, **options)
     return out
 
 

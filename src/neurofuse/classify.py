@@ -198,6 +198,8 @@ class DataConfig:
     dims: int = 2
     slices: int = 8
     pre: PreprocessConfig = field(default_factory=PreprocessConfig)
+    fuse_options: dict = field(default_factory=dict)  # method options, e.g. {"pretrained": "brats"}
+    fuse_in: str = "slices"  # 2D fused inputs: fuse each axial slice ("slices") or slice the 3D-fused volume
 
 
 def case_inputs(case: BratsCase, variant: str, cfg: DataConfig, cache_dir: str | Path | None) -> np.ndarray:
@@ -205,9 +207,11 @@ def case_inputs(case: BratsCase, variant: str, cfg: DataConfig, cache_dir: str |
     kind, method = parse_input(variant)
     vols = load_preprocessed(case, cfg.pre, cache_dir)
     t2, flair = vols["t2"], vols["flair"]
+    idx = None
     if cfg.dims == 2:
         idx = select_slices(vols.get("seg"), cfg.slices, depth=t2.shape[2])
-        t2, flair = t2[:, :, idx], flair[:, :, idx]
+        if kind != "fused" or cfg.fuse_in == "slices":
+            t2, flair = t2[:, :, idx], flair[:, :, idx]
     if kind == "t2":
         chans = [t2]
     elif kind == "flair":
@@ -215,10 +219,20 @@ def case_inputs(case: BratsCase, variant: str, cfg: DataConfig, cache_dir: str |
     elif kind == "stack":
         chans = [t2, flair]
     else:
+        opts = {k: str(v) for k, v in sorted(cfg.fuse_options.items())}
         settings = {"kind": "fused", "method": method, "dims": cfg.dims, "slices": cfg.slices,
                     "modalities": cfg.pre.modalities, "pre": asdict(cfg.pre)}
-        make = (lambda: fuse_axial(t2, flair, method)) if cfg.dims == 2 else (lambda: fuse(t2, flair, method))
-        chans = [cached_array(case, settings, cache_dir, make)]
+        if opts:  # (keys added only when used, so existing caches stay valid)
+            settings["options"] = opts
+        if cfg.dims == 2 and cfg.fuse_in == "slices":
+            fused = cached_array(case, settings, cache_dir, lambda: fuse_axial(t2, flair, method, **opts))
+        else:
+            if cfg.dims == 2:
+                settings = {**settings, "dims": 3, "slices": None}  # the whole fused volume, shared with 3D
+            fused = cached_array(case, settings, cache_dir, lambda: fuse(t2, flair, method, **opts))
+            if idx is not None:
+                fused = fused[:, :, idx]
+        chans = [fused]
     x = np.stack(chans).astype(np.float32)  # (C, *S); 2D: (C, S, S, n_slices)
     return np.moveaxis(x, 3, 0) if cfg.dims == 2 else x
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from neurofuse.errors import UsageError
+from neurofuse.errors import InputError, UsageError
 from neurofuse.fusion import register_method
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -147,10 +149,37 @@ def _load_model(name: str, weights: str | None, pretrained: str | None) -> nn.Mo
         if len(shipped) > 1:
             raise UsageError(f"model {name} ships weights for {', '.join(shipped)}: choose one with --pair TAG")
         pretrained = shipped[0]
-    model = create_model(name, pretrained=pretrained if weights is None else None)
+    overrides = {} if weights is None else _trained_overrides(name, weights)
+    model = create_model(name, pretrained=pretrained if weights is None else None, **overrides)
     if weights is not None:
         load_weights(model, weights)
     return model.eval()
+
+
+def _trained_overrides(name: str, weights: str) -> dict:
+    """Config overrides a weights file was trained with (`neurofuse train` stores them as metadata).
+
+    So weights of an ablation (e.g. `model_args: {scan: single}`) load into the matching architecture.
+    Files without metadata (other tools) get the registered defaults.
+    """
+    from safetensors import safe_open
+
+    path = Path(weights)
+    if not path.is_file():
+        raise InputError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = dict(fh.metadata() or {})
+    except Exception as exc:  # safetensors raises several types for a damaged or foreign file
+        raise InputError(f"{path}: not a readable safetensors file ({exc})") from None
+    trained_for = meta.get("model")
+    if trained_for and trained_for != name:
+        raise InputError(f"{path}: weights were trained for model {trained_for}, not {name}")
+    try:
+        args = json.loads(meta.get("model_args") or "{}")
+    except json.JSONDecodeError:
+        raise InputError(f"{path}: unreadable model_args metadata") from None
+    return dict(args) if isinstance(args, dict) else {}
 
 
 def _model_names(model_name: str | dict[int, str], spatial_dims: Sequence[int]) -> dict[int, str]:

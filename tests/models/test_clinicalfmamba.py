@@ -28,6 +28,45 @@ def test_default_parameter_counts():
     assert counts == {"clinicalfmamba_2d": 3_155_521, "clinicalfmamba_3d": 3_408_289}
 
 
+def _numel(*modules: torch.nn.Module) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def _unused_scan_set(d_inner: int = 256, d_state: int = 8, dt_rank: int = 8, d_conv: int = 4) -> int:
+    """One per-direction scan parameter set of the release: conv1d, x_proj, dt_proj, A_log, D."""
+    conv = torch.nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner)
+    x_proj = torch.nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+    dt_proj = torch.nn.Linear(dt_rank, d_inner)
+    return _numel(conv, x_proj, dt_proj) + d_inner * d_state + d_inner
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_counts_match_the_paper_with_the_release_unused_layers(dims):
+    """The slides' 4.05M / 6.01M count layers the release builds but never calls; ours plus those
+    (rebuilt here from the release's shapes) land within 2% of the paper."""
+    conv = torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d
+    ours = _numel(create_model(f"clinicalfmamba_{dims}d"))
+    if dims == 2:
+        unused = _numel(
+            conv(256, 128, 3), conv(256, 128, 3),  # shallow_fusion1/2
+            conv(256, 128, 3),  # decoder conv_in (Recon(outchannel=256))
+            conv(32, 32, 2),  # stem downsample1
+            torch.nn.LayerNorm(128),  # layernorm1
+            *[torch.nn.LayerNorm(256) for _ in range(3)],  # decoder Mamba blocks' unused norm
+        )
+        paper, release = 4.05e6, 4_046_561
+    else:
+        unused = _numel(
+            conv(256, 128, 3), conv(256, 128, 3),  # shallow_fusion1/2
+            conv(128, 64, 3),  # decoder conv_in
+            conv(32, 32, 1, bias=False), conv(2, 32, 1, bias=False),  # cross_channel_excitation.block
+            torch.nn.LayerNorm(128),  # layernorm1
+        ) + 10 * 5 * _unused_scan_set()  # five unused scan sets in each of ten single-modality blocks
+        paper, release = 6.01e6, 6_002_209
+    assert ours + unused == release
+    assert abs(release - paper) / paper < 0.02
+
+
 @pytest.mark.parametrize("size", [(16, 16), (30, 26), (8, 40)])
 def test_shapes_2d(size):
     m = create_model("clinicalfmamba_2d_tiny").eval()

@@ -11,6 +11,7 @@ import torch
 from neurofuse.brats import PreprocessConfig, discover
 from neurofuse.classify import DataConfig, TrainConfig, cross_validate, parse_input, write_reports
 from neurofuse.cli.app import main
+from neurofuse.cli.fuse import method_options
 from neurofuse.errors import InputError, UsageError
 
 
@@ -31,6 +32,10 @@ from neurofuse.errors import InputError, UsageError
               help="Brain box to grid: scale to fit, or crop/pad at native resolution.")
 @click.option("--clip-percentiles", nargs=2, type=float, default=(0.5, 99.5), show_default=True,
               help="Brain intensity percentiles mapped to 0 and 1 (per volume).")
+@click.option("--fuse-in", type=click.Choice(["slices", "volume"]), default="slices", show_default=True,
+              help="2D fused inputs: fuse each axial slice in 2D, or take the slices of the volume fused in 3D.")
+@click.option("-O", "--option", "fuse_opts", multiple=True, metavar="KEY=VALUE",
+              help="Option of the fusion method(s), e.g. -O pretrained=brats or -O weights=FILE.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Torch device for training (cpu, cuda, ...).")
 @click.option("--threads", default=1, show_default=True,
@@ -40,7 +45,8 @@ from neurofuse.errors import InputError, UsageError
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
 def classify(root: Path, inputs: tuple[str, ...], dims: str, folds: int, repeats: int, epochs: int,
              batch_size: int | None, lr: float, size: int, slices: int, mode: str,
-             clip_percentiles: tuple[float, float], seed: int, device: str, threads: int,
+             clip_percentiles: tuple[float, float], fuse_in: str, fuse_opts: tuple[str, ...], seed: int,
+             device: str, threads: int,
              cache: Path | None, out: Path) -> None:
     """HGG vs LGG with a small ResNet per input variant; writes the table (CSV + Markdown), out-of-fold
     predictions and ROC curves (PNG) to OUT."""
@@ -62,7 +68,7 @@ def classify(root: Path, inputs: tuple[str, ...], dims: str, folds: int, repeats
     start = time.perf_counter()
     for d in ((2, 3) if dims == "both" else (int(dims),)):
         train = TrainConfig(epochs=epochs, batch_size=batch_size or (16 if d == 2 else 4), lr=lr, device=device)
-        data = DataConfig(dims=d, slices=slices, pre=pre)
+        data = DataConfig(dims=d, slices=slices, pre=pre, fuse_options=method_options(fuse_opts), fuse_in=fuse_in)
         for v in inputs:
             res = cross_validate(cases, v, data, train, folds, repeats, seed, cache or out / "cache")
             s = res.summary()

@@ -14,11 +14,16 @@ says (the 2D release uses ReLU; `act="relu"` restores it). Inputs of any size ar
 multiple of the total stride and cropped back.
 
 Exact parameter counts (`neurofuse models`): clinicalfmamba_2d 3,155,521; clinicalfmamba_3d
-3,408,289. The slides' 4.05M and 6.01M also count the release's unused layers: in 3D these are its
-two `shallow_fusion` convs (1,769,728), the decoder's spare conv (221,248), five unused scan parameter
-sets in each of the ten single-modality blocks (601,600) and 1,344 more, which brings ours to
-6,002,209 (slides 6.01M). In 2D the same accounting (590,080 + 73,792 + 4,128 + 256, plus three unused
-A matrices in each of 12 scan blocks, 73,728) gives 3,897,505 against the slides' 4.05M.
+3,408,289. The slides' 4.05M and 6.01M count the release as instantiated, including layers its
+forward pass never calls (counted layer by layer from the authors' code; every layer it does use
+matches ours in type and shape). 2D: two `shallow_fusion` Conv2d(256->128, 3x3) 590,080, the
+decoder's spare `conv_in` Conv2d(256->128, 3x3) 295,040, the stem's unused stride-2 conv 4,128, a
+LayerNorm(128) 256 and the unused LayerNorm(256) of each of the 3 decoder Mamba blocks 1,536: ours +
+890,040 = 4,046,561 (slides 4.05M). 3D: two `shallow_fusion` Conv3d(256->128, 3^3) 1,769,728, the
+spare decoder Conv3d(128->64, 3^3) 221,248, five unused scan parameter sets (12,032 each) in each of
+the ten single-modality blocks 601,600, an unused excitation block 1,088 and a LayerNorm(128) 256:
+ours + 2,593,920 = 6,002,209 (slides 6.01M). `tests/models/test_clinicalfmamba.py` rebuilds these
+layers from their shapes and checks both sums.
 """
 
 from __future__ import annotations
