@@ -79,6 +79,10 @@ def main() -> None:
             table.append([m, *cells, f"{np.mean([r['seconds'] for r in sel]):.2f}"])
         lines += [f"## Preset `{preset}` (mean over cases)", ""]
         lines += markdown_table(["method", *METRICS, "s/volume"], table) + [""]
+    per_case = [[r["method"], r["case"], *(f"{r[k]:.4g}" for k in METRICS), f"{r['seconds']:.2f}"]
+                for r in rows if r["preset"] == "clinicalfmamba"]
+    lines += ["## Per case, preset `clinicalfmamba`", ""]
+    lines += markdown_table(["method", "case", *METRICS, "s/volume"], per_case) + [""]
     text = "\n".join(lines)
     print(text)
     if args.out is not None:

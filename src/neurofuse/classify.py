@@ -219,7 +219,8 @@ def case_inputs(case: BratsCase, variant: str, cfg: DataConfig, cache_dir: str |
     elif kind == "stack":
         chans = [t2, flair]
     else:
-        opts = {k: str(v) for k, v in sorted(cfg.fuse_options.items())}
+        learned = get_method(method).kind == "learned"  # options such as weights go to learned methods only
+        opts = {k: str(v) for k, v in sorted(cfg.fuse_options.items())} if learned else {}
         settings = {"kind": "fused", "method": method, "dims": cfg.dims, "slices": cfg.slices,
                     "modalities": cfg.pre.modalities, "pre": asdict(cfg.pre)}
         if opts:  # (keys added only when used, so existing caches stay valid)

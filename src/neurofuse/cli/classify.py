@@ -35,7 +35,7 @@ from neurofuse.errors import InputError, UsageError
 @click.option("--fuse-in", type=click.Choice(["slices", "volume"]), default="slices", show_default=True,
               help="2D fused inputs: fuse each axial slice in 2D, or take the slices of the volume fused in 3D.")
 @click.option("-O", "--option", "fuse_opts", multiple=True, metavar="KEY=VALUE",
-              help="Option of the fusion method(s), e.g. -O pretrained=brats or -O weights=FILE.")
+              help="Option of the learned fusion method(s), e.g. -O pretrained=brats or -O weights=FILE.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Torch device for training (cpu, cuda, ...).")
 @click.option("--threads", default=1, show_default=True,
