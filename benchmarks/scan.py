@@ -3,7 +3,8 @@
     python benchmarks/scan.py            # L 1024/4096/16384, d_state 8/16, batch 1/4, d_inner 256
     python benchmarks/scan.py --quick    # L 1024/4096 only
 Prints a Markdown table (and writes CSV with --csv): milliseconds (best of --reps; the slow
-reference once per shape), the ratio reference/backend measured in the same run, and the achieved
+reference best of --ref-reps after a warm-up call), the ratio reference/backend measured in the
+same run, and the achieved
 state updates per second (batch * d_inner * L * d_state / time) as a fraction of a rough CPU peak.
 
 Rough peak (an assumption, stated so the fraction can be read): one state update costs about 15
@@ -72,6 +73,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="L in {1024, 4096} only")
     parser.add_argument("--reps", type=int, default=3, help="repetitions for the fast backends (best of)")
+    parser.add_argument("--ref-reps", type=int, default=2,
+                        help="repetitions for the reference (best of, after a warm-up call; a cold first call "
+                             "of the Python loop can take twice as long and would inflate the ratios)")
     parser.add_argument("--backends", default=",".join(b for b in available_backends() if b != "reference"))
     parser.add_argument("--csv", default=None, help="also write the table as CSV here")
     args = parser.parse_args()
@@ -85,7 +89,7 @@ def main() -> None:
         for d_state in (8, 16):
             for batch in (1, 4):
                 inputs = make_inputs(batch, d_state, L)
-                ref_f, ref_fb = bench("reference", inputs, reps=1)
+                ref_f, ref_fb = bench("reference", inputs, reps=args.ref_reps)
                 updates = batch * D_INNER * L * d_state
                 for name in ["reference", *backends]:
                     f, fb = (ref_f, ref_fb) if name == "reference" else bench(name, inputs, args.reps)
