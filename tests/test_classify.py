@@ -119,6 +119,9 @@ def test_2d_inputs_from_the_3d_fused_volume(small_cohort: Path, tmp_path: Path):
     for img in from_volume[:, 0]:
         assert min(np.abs(vol[:, :, k] - img).max() for k in range(16)) < 1e-6
     assert not np.allclose(from_volume, per_slice, atol=1e-3)
+    # -O options (e.g. weights of a learned method) are not passed to classical methods
+    opts = DataConfig(dims=3, pre=pre, fuse_options={"weights": "none.safetensors"})
+    np.testing.assert_array_equal(case_inputs(case, "fused:dwt", opts, tmp_path)[0], vol)
 
 
 def test_markdown_table_layout():
