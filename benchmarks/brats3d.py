@@ -9,7 +9,8 @@
 Every case under `--data` (BraTS 2019 or 2021/2023 layout) is cropped to its brain box, resampled
 to the grid and normalised (`neurofuse.brats.preprocess_case`), fused by each method, and measured
 with the 3D metrics of the paper (PSNR, MS-SSIM, EN; EN_unique as the paper computed EN) in the
-`clinicalfmamba` and `standard` presets. Prints the table (mean over cases) and writes CSV + Markdown.
+`clinicalfmamba` and `standard` presets. Prints the table (mean over cases) and writes CSV, Markdown
+and `grid.png` (central axial, coronal and sagittal slices of every case: inputs and each method).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neurofuse.benchmark import write_grid
 from neurofuse.brats import PreprocessConfig, discover, preprocess_case
 from neurofuse.cli.fuse import method_options
 from neurofuse.evaluate import markdown_table
@@ -28,6 +30,12 @@ from neurofuse.io import write_csv, write_text
 from neurofuse.metrics import compute_metrics
 
 METRICS = ("PSNR", "MS_SSIM", "EN", "EN_unique")
+
+
+def _central_slices(vol: np.ndarray) -> list[np.ndarray]:
+    """Axial, coronal and sagittal central slices of a (x, y, z) volume, rotated for display."""
+    cx, cy, cz = (n // 2 for n in vol.shape)
+    return [np.rot90(vol[:, :, cz]), np.rot90(vol[:, cy, :]), np.rot90(vol[cx, :, :])]
 
 
 def main() -> None:
@@ -62,11 +70,15 @@ def main() -> None:
     cfg = PreprocessConfig(size=args.size)
     vols = {c.id: preprocess_case(c, cfg) for c in cases}
     rows = []
+    views = {"T2": [x for v in vols.values() for x in _central_slices(v["t2"])],
+             "FLAIR": [x for v in vols.values() for x in _central_slices(v["flair"])]}
     for label, m, kw in entries:
+        views[label] = []
         for cid, v in vols.items():
             t0 = time.perf_counter()
             f = fuse(v["t2"], v["flair"], m, **kw)
             seconds = time.perf_counter() - t0
+            views[label] += _central_slices(f)
             for preset in ("clinicalfmamba", "standard"):
                 vals = compute_metrics(v["t2"], v["flair"], f, metrics=METRICS, preset=preset)
                 rows.append({"method": label, "case": cid, "preset": preset, "seconds": round(seconds, 3), **vals})
@@ -89,6 +101,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         write_csv(args.out / "per_case.csv", rows)
         write_text(args.out / "summary.md", text + "\n")
+        write_grid(args.out / "grid.png", list(views), list(views.values()))
 
 
 if __name__ == "__main__":
