@@ -140,6 +140,21 @@ def _signature(kind: str, ft: str) -> str:
 
 
 @njit(cache=True, inline="always")
+def _segment(shape2, shape3, s0, j, m, reverse):
+    """Grid row i, column k of step s0 + j, and how many of the remaining m - j steps stay in row i.
+
+    The sequence is the last two axes (L1, L2) = (shape2, shape3) read row-major, from the end when
+    reverse; steps inside one row are consecutive columns (k + q, or k - q when reverse).
+    """
+    L = shape2 * shape3
+    t = L - 1 - (s0 + j) if reverse else s0 + j
+    i = t // shape3
+    k = t - i * shape3
+    n = min(m - j, k + 1) if reverse else min(m - j, shape3 - k)
+    return i, k, n
+
+
+@njit(cache=True, inline="always")
 def _load_row(src, b, d, s0, m, reverse, out):
     """out[j] = src[b, d, t_j] for the m steps from step s0 (t_j counts down when reverse).
 
@@ -147,20 +162,14 @@ def _load_row(src, b, d, s0, m, reverse, out):
     strides, so a transposed (column-major) grid view needs no copy. The steps are copied one grid
     row segment at a time (a plain strided loop LLVM vectorises).
     """
-    L2 = src.shape[3]
-    L = src.shape[2] * L2
     j = 0
     while j < m:
-        t = L - 1 - (s0 + j) if reverse else s0 + j
-        i = t // L2
-        k = t - i * L2
+        i, k, n = _segment(src.shape[2], src.shape[3], s0, j, m, reverse)
         row = src[b, d, i]
-        if reverse:
-            n = min(m - j, k + 1)
+        if reverse:  # two loops with constant strides (vectorised); k + step * q is not
             for q in range(n):
                 out[j + q] = row[k - q]
         else:
-            n = min(m - j, L2 - k)
             for q in range(n):
                 out[j + q] = row[k + q]
         j += n
@@ -169,20 +178,14 @@ def _load_row(src, b, d, s0, m, reverse, out):
 @njit(cache=True, inline="always")
 def _store_row(row_in, b, d, s0, m, reverse, dst):
     """dst[b, d, t_j] = row_in[j], the inverse of `_load_row`."""
-    L2 = dst.shape[3]
-    L = dst.shape[2] * L2
     j = 0
     while j < m:
-        t = L - 1 - (s0 + j) if reverse else s0 + j
-        i = t // L2
-        k = t - i * L2
+        i, k, n = _segment(dst.shape[2], dst.shape[3], s0, j, m, reverse)
         row = dst[b, d, i]
         if reverse:
-            n = min(m - j, k + 1)
             for q in range(n):
                 row[k - q] = row_in[j + q]
         else:
-            n = min(m - j, L2 - k)
             for q in range(n):
                 row[k + q] = row_in[j + q]
         j += n
