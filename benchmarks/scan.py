@@ -7,11 +7,12 @@ reference best of --ref-reps after a warm-up call), the ratio reference/backend 
 same run, and the achieved
 state updates per second (batch * d_inner * L * d_state / time) as a fraction of a rough CPU peak.
 
-Rough peak (an assumption, stated so the fraction can be read): one state update costs about 15
-single-precision vector lane-operations (exp by range reduction + degree-7 polynomial, ~12 ops, plus
-the decay/input/output FMAs); 2 cores x 2 FMA-capable ports x 8 lanes (256-bit, what the compiler
-emits; AVX-512 would double lanes but not the port count on this client core) x 2 (FMA) at ~3 GHz
-= 96 G lane-ops/s / 15 ~ 6.4e9 state updates/s. A forward+backward costs about 3 such passes.
+Rough peak (an assumption, stated so the fraction can be read): the forward's hot loop issues 17
+vector instructions per 8 state updates (the exponent dt A, then 2**x by range reduction and a
+degree-6 polynomial: 14; applying the decay, the input and the output: 3). This core runs at most 3 vector ALU instructions per cycle at
+256 bits (the width LLVM picks here), so 2 cores x 3 x 8 lanes / 17 at ~3 GHz = 8.5e9 state
+updates/s. Gathering the inputs, softplus and the gate come on top of that bound. A forward+backward
+costs about 3 such passes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 
 from neurofuse.ssm import available_backends, selective_scan
 
-PEAK_UPDATES_PER_S = 6.4e9
+PEAK_UPDATES_PER_S = 8.5e9
 D_INNER = 256
 
 
