@@ -7,12 +7,12 @@ reference best of --ref-reps after a warm-up call), the ratio reference/backend 
 same run, and the achieved
 state updates per second (batch * d_inner * L * d_state / time) as a fraction of a rough CPU peak.
 
-Rough peak (an assumption, stated so the fraction can be read): the forward's hot loop issues 17
-vector instructions per 8 state updates (the exponent dt A, then 2**x by range reduction and a
-degree-6 polynomial: 14; applying the decay, the input and the output: 3). This core runs at most 3 vector ALU instructions per cycle at
-256 bits (the width LLVM picks here), so 2 cores x 3 x 8 lanes / 17 at ~3 GHz = 8.5e9 state
-updates/s. Gathering the inputs, softplus and the gate come on top of that bound. A forward+backward
-costs about 3 such passes.
+Rough peak (an assumption, stated so the fraction can be read): the forward's hot loop issues 17 vector
+instructions per 8 state updates (the exponent dt A, then 2**x by range reduction and a degree-6
+polynomial: 14; applying the decay, the input and the output: 3). This core runs at most 3 vector ALU
+instructions per cycle at 256 bits (the width LLVM picks here), so 2 cores x 3 x 8 lanes / 17 at ~3 GHz
+= 8.5e9 state updates/s. Gathering the inputs, softplus and the gate come on top of that bound. A
+forward+backward costs about 3 such passes.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ _F = np.float32
 _ZERO, _ONE, _TWENTY = _F(0.0), _F(1.0), _F(20.0)
 _LOG2E = _F(1.4426950408889634)
 _LOG2E_64 = 1.4426950408889634  # A * log2(e) is rounded once, to the kernel's precision
-_LN2_64 = 0.6931471805599453
 _TWO = _F(2.0)
 _W = 32  # channels per work item: the SIMD (innermost) dimension of the recurrence
 _L3, _L5, _L7, _L9, _L11, _L13, _L15 = (_F(1.0 / k) for k in range(3, 16, 2))
@@ -73,7 +72,7 @@ def _shifted_to_pow2(typingctx, t):
 
 def _exp2(x):
     """2**x; in compiled float32 code a branch-free polynomial version LLVM can vectorise."""
-    return math.exp(x * _LN2_64)
+    return math.exp2(x)
 
 
 @overload(_exp2)
@@ -94,7 +93,7 @@ def _exp2_overload(x):
             return p * _shifted_to_pow2(t)
 
         return exp2_f32
-    return lambda x: math.exp(x * _LN2_64)
+    return lambda x: math.exp2(x)
 
 
 def _exp(x):
@@ -297,14 +296,13 @@ def _recurrence(m, wn, t0, step, dt_buf, x_buf, a2_blk, Bt, Ct, h, y_buf):
 
 
 @njit(cache=True, inline="always")
-def _block_params(A, bias, Dv, d0, wn, a_blk, a2_blk, bias_blk, skip_blk):
+def _block_params(A, bias, Dv, d0, wn, a2_blk, bias_blk, skip_blk):
     """Copy a channel block's parameters into (N, _W) / (_W,) buffers; a2 = A log2(e)."""
     for w in range(wn):
         bias_blk[w] = bias[d0 + w]
         skip_blk[w] = Dv[d0 + w]
     for n in range(A.shape[1]):
         for w in range(wn):
-            a_blk[n, w] = A[d0 + w, n]
             a2_blk[n, w] = A[d0 + w, n] * _LOG2E_64
 
 
@@ -338,7 +336,6 @@ def scan_fwd(u, delta, A, Bw, Cw, Dv, z, bias, softplus, has_z, reverse, K, save
         ft = y.dtype
         h = np.zeros((n_state, _W), dtype=ft)
         # zero-filled so the lanes past a short last block (wn < _W) hold finite values
-        a_blk = np.zeros((n_state, _W), dtype=ft)
         a2_blk = np.zeros((n_state, _W), dtype=ft)
         dt_buf = np.zeros((K, _W), dtype=ft)
         x_buf = np.zeros((K, _W), dtype=ft)
@@ -347,7 +344,7 @@ def scan_fwd(u, delta, A, Bw, Cw, Dv, z, bias, softplus, has_z, reverse, K, save
         y_buf = np.zeros((K, _W), dtype=ft)
         bias_blk = np.zeros(_W, dtype=ft)
         skip_blk = np.zeros(_W, dtype=ft)
-        _block_params(A, bias, Dv, d0, wn, a_blk, a2_blk, bias_blk, skip_blk)
+        _block_params(A, bias, Dv, d0, wn, a2_blk, bias_blk, skip_blk)
         for s0 in range(0, L, K):
             m = min(K, L - s0)
             _gather(delta, b, d0, wn, s0, m, reverse, dt_buf)
@@ -419,9 +416,10 @@ def scan_bwd(
         dD_acc = np.zeros(_W, dtype=ft)
         for item in range(wk * span, min(items, (wk + 1) * span)):
             b, g, d0, wn = _block(item, d_inner, n_groups)
-            _block_params(A, bias, Dv, d0, wn, a_blk, a2_blk, bias_blk, skip_blk)
+            _block_params(A, bias, Dv, d0, wn, a2_blk, bias_blk, skip_blk)
             for n in range(n_state):
                 for w in range(wn):
+                    a_blk[n, w] = A[d0 + w, n]
                     gst[n, w] = dlast[b, d0 + w, n]
                     dA_acc[n, w] = 0
             for w in range(_W):
