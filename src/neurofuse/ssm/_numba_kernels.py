@@ -351,7 +351,7 @@ def scan_fwd(u, delta, A, Bw, Cw, Dv, z, bias, softplus, has_z, reverse, K, save
             _gather(u, b, d0, wn, s0, m, reverse, u_buf)
             if has_z:
                 _gather(z, b, d0, wn, s0, m, reverse, z_buf)
-            _prework(dt_buf, u_buf, x_buf, y_buf, bias_blk, softplus, False)
+            _prework(dt_buf, u_buf, x_buf, y_buf, bias_blk, softplus, False)  # no dsp: y_buf is not written
             t0 = L - 1 - s0 if reverse else s0
             _recurrence(m, wn, t0, -1 if reverse else 1, dt_buf, x_buf, a2_blk, Bw[b, g], Cw[b, g], h, y_buf)
             _epilogue(y_buf, u_buf, z_buf, skip_blk, has_z)
