@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# `precision: auto` resolves to fp32 in tests whatever the CPU, so no result depends on its instruction set
+# (the selection itself is tested with the capability mocked, tests/test_precision.py).
+os.environ.setdefault("NEUROFUSE_PRECISION", "fp32")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT / "../shared/data").resolve()

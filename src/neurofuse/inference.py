@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from neurofuse.errors import InputError, UsageError
 from neurofuse.fusion import register_method
+from neurofuse.precision import resolve_precision
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -39,10 +39,9 @@ def resolve_device(device: str) -> torch.device:
     raise UsageError(f"--device {device!r}: use cpu or cuda")
 
 
-def _check_precision(precision: str) -> torch.dtype | None:
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision {precision!r}: use fp32 or bf16")
-    return PRECISIONS[precision]
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` (auto|fp32|bf16) on `device`; None means plain fp32."""
+    return torch.bfloat16 if resolve_precision(precision, device) == "bf16" else None
 
 
 def _run(model: nn.Module, a: torch.Tensor, b: torch.Tensor, stride: int, amp: torch.dtype | None) -> torch.Tensor:
@@ -84,7 +83,7 @@ def fuse_with_model(
     a: np.ndarray,
     b: np.ndarray,
     device: str = "cpu",
-    precision: str = "fp32",
+    precision: str = "auto",
     window: int | Sequence[int] | None = None,
     overlap: float = 0.25,
     batch_size: int = 1,
@@ -99,7 +98,8 @@ def fuse_with_model(
         raise UsageError(f"shape mismatch {a.shape} vs {b.shape}")
     if not 0 <= overlap < 1:
         raise UsageError(f"overlap must be in [0, 1), got {overlap}")
-    dev, amp = resolve_device(device), _check_precision(precision)
+    dev = resolve_device(device)
+    amp = _autocast_dtype(precision, dev)
     model = model.to(dev).eval()
     stride = int(getattr(model, "stride", 1))
     nd = a.ndim
@@ -206,7 +206,7 @@ def register_learned_method(
     `model_name` is a model name, a base name whose `<name>_2d` / `<name>_3d` variants are picked by
     the input's ndim, or an explicit {ndim: name} map. Method options: `weights` (a .safetensors
     file), `pretrained` (a shipped tag; default: the model's shipped weights), `device` (cpu|cuda),
-    `precision` (fp32|bf16), `window` (sliding-window size; default 128 for 3D, whole image in 2D),
+    `precision` (auto|fp32|bf16, `neurofuse.precision`), `window` (sliding-window size; default 128 for 3D, whole image in 2D),
     `overlap` (default 0.25).
     """
     names = _model_names(model_name, spatial_dims)
@@ -217,7 +217,7 @@ def register_learned_method(
         weights: str | None = None,
         pretrained: str | None = None,
         device: str = "cpu",
-        precision: str = "fp32",
+        precision: str = "auto",
         window: int | str | None = None,
         overlap: float | str = 0.25,
     ) -> np.ndarray:

@@ -47,6 +47,7 @@ from neurofuse.data import HarvardPairs, VolumePairs
 from neurofuse.errors import InputError, NeurofuseError, UsageError
 from neurofuse.io import atomic_write_path, write_csv, write_text
 from neurofuse.models.registry import create_model, load_weights
+from neurofuse.precision import PRECISIONS, resolve_precision
 
 # Settings that may change between a run and its resume without breaking exactness.
 _RESUME_FREE = {"resume", "out", "max_steps", "max_minutes", "threads", "num_workers", "val_limit", "val_metrics",
@@ -78,7 +79,7 @@ class TrainConfig:
     volume_size: int = 128
     volume_fit: str = "resample"  # resample | crop (neurofuse.brats.PreprocessConfig.mode)
     seed: int = 3407
-    precision: str = "bf16"  # bf16 | fp32
+    precision: str = "auto"  # auto | bf16 | fp32 (auto: bf16 where native, neurofuse.precision)
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None
     num_workers: int = 0
@@ -144,7 +145,7 @@ class TrainConfig:
         checks = [
             (self.dataset in ("auto", "harvard", "volumes"), f"dataset {self.dataset!r} (auto|harvard|volumes)"),
             (self.schedule in ("constant", "cosine"), f"schedule {self.schedule!r} (constant|cosine)"),
-            (self.precision in ("bf16", "fp32"), f"precision {self.precision!r} (bf16|fp32)"),
+            (self.precision in PRECISIONS, f"precision {self.precision!r} (auto|bf16|fp32)"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"device {self.device!r}"),
             (self.volume_fit in ("resample", "crop"), f"volume_fit {self.volume_fit!r} (resample|crop)"),
             (self.epochs >= 1 and self.batch_size >= 1 and self.val_every >= 1,
@@ -258,7 +259,7 @@ def _resolve_device(cfg: TrainConfig, local_rank: int) -> torch.device:
 
 
 def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    use = cfg.precision == "bf16" and (device.type == "cpu" or torch.cuda.is_bf16_supported())
+    use = resolve_precision(cfg.precision, device) == "bf16"
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -39,3 +40,9 @@ class _App(click.Group):
 def main(ctx: click.Context, debug: bool) -> None:
     """neurofuse: multimodal medical image fusion (2D and 3D)."""
     ctx.meta["neurofuse.debug"] = debug
+    if not debug:  # warnings as one line each, without the source line Python would print
+        warnings.formatwarning = _one_line_warning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 (warnings API)
+    return f"warning: {message}\n"

@@ -20,7 +20,8 @@ from neurofuse.cli.fuse import method_options
 @click.option("--grid-rows", type=int, default=4, show_default=True, help="Pairs shown in grid.png.")
 @click.option("--preset", "presets", multiple=True, default=PRESETS, show_default=True, help="Metric presets.")
 @click.option("--device", default="cpu", show_default=True, help="Device for learned methods.")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]))
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]),
+              help="Learned methods: auto = bf16 where native, else fp32.")
 @click.option(
     "--option",
     "-O",
