@@ -27,7 +27,6 @@ from neurofuse.fusion import register_method
 from neurofuse.precision import resolve_precision
 
 
-
 def resolve_device(device: str) -> torch.device:
     """`"cpu"` or `"cuda"` (or `"cuda:N"`) as a torch device; UsageError if unavailable."""
     if device == "cpu":
@@ -206,7 +205,8 @@ def register_learned_method(
     `model_name` is a model name, a base name whose `<name>_2d` / `<name>_3d` variants are picked by
     the input's ndim, or an explicit {ndim: name} map. Method options: `weights` (a .safetensors
     file), `pretrained` (a shipped tag; default: the model's shipped weights), `device` (cpu|cuda),
-    `precision` (auto|fp32|bf16, `neurofuse.precision`), `window` (sliding-window size; default 128 for 3D, whole image in 2D),
+    `precision` (auto|fp32|bf16, `neurofuse.precision`), `window` (sliding-window size; default 128
+    for 3D, whole image in 2D),
     `overlap` (default 0.25).
     """
     names = _model_names(model_name, spatial_dims)
