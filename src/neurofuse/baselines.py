@@ -42,18 +42,34 @@ def fuse_pca(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return wa * a + wb * b
 
 
+def _levels(method: str, levels: int | None, default: int, most: int, shape: tuple[int, ...]) -> int:
+    """The number of decomposition levels: `default` capped to what the shape allows when not given;
+    a given value must be an integer in 1..most (UsageError otherwise)."""
+    most = max(1, most)
+    if levels is None:
+        return min(default, most)
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)):
+        raise UsageError(f"{method}: levels must be an integer, got {levels!r}")
+    if not 1 <= levels <= most:
+        size = "x".join(map(str, shape))
+        raise UsageError(f"{method}: levels={levels} is out of range: a {size} input allows 1 to {most}")
+    return int(levels)
+
+
 def _max_abs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(np.abs(x) >= np.abs(y), x, y)
 
 
 @register_method("dwt", "Wavelet fusion: average approximation, max-abs details (options: wavelet, levels).")
 def fuse_dwt(
-    a: np.ndarray, b: np.ndarray, wavelet: str = "db2", levels: int = 3, mode: str = "symmetric"
+    a: np.ndarray, b: np.ndarray, wavelet: str = "db2", levels: int | None = None, mode: str = "symmetric"
 ) -> np.ndarray:
-    if wavelet not in pywt.wavelist(kind="discrete"):
+    """`levels` defaults to 3 (fewer when the input is too small for 3)."""
+    if not isinstance(wavelet, str) or wavelet not in pywt.wavelist(kind="discrete"):
         raise UsageError(f"unknown discrete wavelet {wavelet!r} (e.g. haar, db2, sym4, bior2.2)")
-    max_level = pywt.dwtn_max_level(a.shape, wavelet)
-    levels = max(1, min(levels, max_level))
+    if mode not in pywt.Modes.modes:
+        raise UsageError(f"dwt: unknown signal extension mode {mode!r}; use one of {', '.join(pywt.Modes.modes)}")
+    levels = _levels("dwt", levels, 3, pywt.dwtn_max_level(a.shape, wavelet), a.shape)
     ca = pywt.wavedecn(a, wavelet, mode=mode, level=levels)
     cb = pywt.wavedecn(b, wavelet, mode=mode, level=levels)
     fused = [0.5 * (ca[0] + cb[0])]
@@ -103,7 +119,12 @@ def reconstruct_laplacian(pyr: list[np.ndarray]) -> np.ndarray:
 
 
 @register_method("laplacian", "Laplacian pyramid fusion: average base, max-abs details (option: levels).")
-def fuse_laplacian(a: np.ndarray, b: np.ndarray, levels: int = 4) -> np.ndarray:
+def fuse_laplacian(a: np.ndarray, b: np.ndarray, levels: int | None = None) -> np.ndarray:
+    """`levels` defaults to 4 (fewer when the input is too small: a level needs every side >= 4)."""
+    most, side = 0, min(a.shape)
+    while side >= 4:
+        most, side = most + 1, (side + 1) // 2
+    levels = _levels("laplacian", levels, 4, most, a.shape)
     pa, pb = laplacian_pyramid(a, levels), laplacian_pyramid(b, levels)
     fused = [_max_abs(x, y) for x, y in zip(pa[:-1], pb[:-1], strict=True)]
     fused.append(0.5 * (pa[-1] + pb[-1]))

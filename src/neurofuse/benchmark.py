@@ -23,7 +23,7 @@ from PIL import ImageDraw
 from tqdm import tqdm
 
 from neurofuse.data import harvard_split
-from neurofuse.errors import InputError, NeurofuseError
+from neurofuse.errors import InputError, NeurofuseError, UsageError
 from neurofuse.evaluate import markdown_table
 from neurofuse.fusion import fuse, get_method, list_methods
 from neurofuse.io import atomic_write_path, read_image, write_csv, write_text
@@ -83,7 +83,11 @@ def run_benchmark(
     data, out = Path(data), Path(out)
     modality, pairs = harvard_split(data, split)
     if limit is not None:
+        if limit < 1:
+            raise UsageError(f"--limit {limit}: give a positive number of pairs")
         pairs = pairs[:limit]
+    if not pairs:
+        raise InputError(f"{data}: split {split!r} holds no pairs")
     out.mkdir(parents=True, exist_ok=True)
     tag = data.name.lower()
     names = resolve_methods(methods)
@@ -99,7 +103,9 @@ def run_benchmark(
         opts = {} if m.kind == "classical" else {"pretrained": tag, **(method_options or {})}
         try:
             fuse(*inputs[0], name, **opts)  # warm-up (also loads weights), not timed
-        except NeurofuseError as exc:  # no weights for this pair set, or weights that do not fit
+        except NeurofuseError as exc:  # no shipped weights for this pair set: skipped, listed as such
+            if m.kind == "classical" or set(method_options or {}) - {"device", "precision"}:
+                raise  # the user's own weights/options failed: an error, not a skip
             res.skipped = str(exc)
             results.append(res)
             bar.update(len(images))
@@ -118,6 +124,8 @@ def run_benchmark(
             bar.update(1)
         results.append(res)
     bar.close()
+    if all(r.skipped for r in results):
+        raise InputError(f"{data}: no method could run ({results[0].name}: {results[0].skipped})")
     _write_per_image(out / "per_image.csv", results)
     for p in presets:
         _write_summary_csv(out / f"summary_{p}.csv", results, p)

@@ -17,3 +17,7 @@ class UsageError(NeurofuseError):
     """Wrong invocation: unknown method, missing output folder, output exists (exit code 2)."""
 
     exit_code = 2
+
+
+class ResultError(NeurofuseError):
+    """A method produced an unusable result (NaN/Inf, constant from non-constant inputs); nothing is written."""

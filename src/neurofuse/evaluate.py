@@ -1,7 +1,9 @@
 """Evaluate fused images against their sources: one triplet, or whole folders, with summary tables.
 
 Files are read with `neurofuse.io` and mapped to [0, 1] before the metrics see them: 2D images by
-their bit depth (gray or the Y channel of RGB, value / (2^bits - 1)), 3D volumes by per-volume min-max.
+their full scale (gray or the Y channel of RGB, value / (2^bits - 1); float images already in [0, 1]
+as they are; other floats by min-max), 3D volumes by per-volume min-max. A, B and F must share one
+grid (shape, and for volumes the affine).
 """
 
 from __future__ import annotations
@@ -15,17 +17,17 @@ import numpy as np
 from tqdm import tqdm
 
 from neurofuse.errors import InputError
-from neurofuse.io import luma, normalize01, pair_files, read_image, write_csv, write_text
+from neurofuse.io import Image, check_geometry, normalize01, pair_files, read_image, unit_luma, write_csv, write_text
 from neurofuse.metrics import METRICS, compute_metrics, get_preset
 from neurofuse.metrics.presets import ALL_2D, ALL_3D
 
 
-def load01(path: str | Path) -> np.ndarray:
-    """Read an image/volume as float64 in [0, 1]: 2D gray/Y by bit depth, 3D by min-max."""
-    img = read_image(path)
+def load01(path: str | Path | Image) -> np.ndarray:
+    """Read an image/volume as float64 in [0, 1]: 2D gray/Y by full scale, 3D by min-max."""
+    img = path if isinstance(path, Image) else read_image(path)
     if img.spatial_dims == 2:
-        return luma(img).astype(np.float64) / (2**img.bit_depth - 1)
-    return normalize01(img.array).astype(np.float64)
+        return unit_luma(img)
+    return normalize01(img.array, name=img.path).astype(np.float64)
 
 
 def resolve_metrics(metrics: Sequence[str] | str | None, preset: str, ndim: int) -> list[str]:
@@ -45,10 +47,10 @@ def evaluate_triplet(
     slicewise: str | None = None,
 ) -> dict[str, float]:
     """Metrics of one fused file against its two sources."""
-    a, b, f = (load01(p) for p in (path_a, path_b, path_f))
-    for arr, p in ((b, path_b), (f, path_f)):
-        if arr.shape != a.shape:
-            raise InputError(f"{p}: shape {arr.shape} differs from {path_a} {a.shape}")
+    images = [read_image(p) for p in (path_a, path_b, path_f)]
+    for other in images[1:]:
+        check_geometry(images[0], other, hint="evaluate needs A, B and F on one grid")
+    a, b, f = (load01(img) for img in images)
     return compute_metrics(a, b, f, resolve_metrics(metrics, preset, a.ndim), preset, slicewise)
 
 

@@ -13,6 +13,7 @@ Conventions:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import uuid
@@ -26,7 +27,12 @@ import nibabel as nib
 import numpy as np
 from PIL import Image as PILImage
 
-from neurofuse.errors import InputError, UsageError
+from neurofuse.errors import InputError, ResultError, UsageError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; writes stay atomic, stale partials are not detected
+    fcntl = None
 
 IMAGE_2D_EXTS = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 NIFTI_EXTS = (".nii", ".nii.gz")
@@ -57,6 +63,18 @@ class Image:
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         return self.array.shape[:2] if self.spatial_dims == 2 else self.array.shape
+
+    @property
+    def full_scale(self) -> float | None:
+        """The native value that means white: 2^bits - 1 for 8/16-bit integer images, 1.0 for float
+        images whose values lie in [0, 1]; None when there is no such value (other floats, other
+        integer types): such images are min-max scaled."""
+        arr = self.array
+        if arr.dtype.kind in "ui" and self.bit_depth in (8, 16) and arr.dtype.itemsize * 8 <= self.bit_depth:
+            return float(2**self.bit_depth - 1)
+        if arr.dtype.kind == "f" and 0.0 <= float(arr.min()) and float(arr.max()) <= 1.0:
+            return 1.0
+        return None
 
     @property
     def spacing(self) -> tuple[float, ...] | None:
@@ -93,21 +111,107 @@ def ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- intensity
-def normalize01(arr: np.ndarray, clip_percentiles: tuple[float, float] | None = None) -> np.ndarray:
-    """Per-image min-max to [0, 1] (float32), optionally after clipping to percentiles (lo, hi)."""
-    a = np.asarray(arr, dtype=np.float32)
-    if clip_percentiles is not None:
-        lo, hi = np.percentile(a, clip_percentiles)
-        a = np.clip(a, lo, hi)
+def check_clip(clip_percentiles: tuple[float, float] | None) -> None:
+    """UsageError unless the clip percentiles satisfy 0 <= LO < HI <= 100."""
+    if clip_percentiles is None:
+        return
+    try:
+        lo, hi = (float(v) for v in clip_percentiles)
+    except (TypeError, ValueError):
+        raise UsageError(f"--clip {clip_percentiles}: give two percentiles LO HI") from None
+    if not (0.0 <= lo < hi <= 100.0):
+        raise UsageError(f"--clip {lo:g} {hi:g}: percentiles must satisfy 0 <= LO < HI <= 100")
+
+
+def normalize01(
+    arr: np.ndarray, clip_percentiles: tuple[float, float] | None = None, name: str | Path | None = None
+) -> np.ndarray:
+    """Per-image min-max to [0, 1] (float32), optionally after clipping to percentiles (lo, hi).
+
+    Computed in float64 (values beyond float32's range do not overflow); `name` names the image in errors.
+    """
+    check_clip(clip_percentiles)
+    where = f"{name}: " if name is not None else ""
+    a = np.asarray(arr)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise InputError(f"{where}contains NaN/Inf values")
     lo, hi = float(a.min()), float(a.max())
+    if clip_percentiles is not None:
+        lo, hi = (float(v) for v in np.percentile(a, clip_percentiles))
     if hi <= lo:
-        raise InputError("image is constant (empty): cannot normalise")
-    return (a - lo) / (hi - lo)
+        if clip_percentiles is not None:
+            raise InputError(
+                f"{where}--clip {clip_percentiles[0]:g} {clip_percentiles[1]:g} keeps a single value ({lo:g}): "
+                "the clipped image is constant; widen the percentile range"
+            )
+        raise InputError(f"{where}image is constant (empty): cannot normalise")
+    out = np.empty(a.shape, dtype=np.float32)
+    scale = 1.0 / (hi - lo)
+    small = max(abs(lo), abs(hi)) < 1e37
+    if (a.dtype == np.float32 and small) or (a.dtype.kind in "uib" and a.dtype.itemsize <= 2):  # half the memory
+        np.subtract(a, np.float32(lo), out=out, dtype=np.float32)
+        np.multiply(out, np.float32(scale), out=out)
+    else:
+        out[...] = (a.astype(np.float64) - lo) * scale
+    if clip_percentiles is not None:
+        np.clip(out, 0.0, 1.0, out=out)
+    return out
 
 
 # --------------------------------------------------------------------------------------- readers
+def _drop_alpha(arr: np.ndarray, path: Path) -> np.ndarray:
+    """(H, W, 2|4) gray/RGB + alpha -> (H, W) / (H, W, 3); warns if the alpha is not fully opaque."""
+    alpha = arr[..., -1]
+    opaque = alpha.max() if alpha.dtype.kind == "f" else np.iinfo(alpha.dtype).max if alpha.dtype.kind in "ui" else 1
+    if alpha.min() < opaque:
+        warnings.warn(f"{path}: alpha channel dropped (not fully opaque)", stacklevel=4)
+    return arr[..., 0] if arr.shape[-1] == 2 else arr[..., :3]
+
+
+def _read_tiff(path: Path) -> Image:
+    """A single-plane TIFF of any sample type (uint8/16, int, float32/64; gray, RGB, +alpha), via tifffile."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, arr = series.axes, series.asarray()
+    except Exception as exc:  # tifffile raises many types for damaged or foreign files
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: unreadable TIFF ({msg})") from None
+    if "S" in axes and axes.index("S") != len(axes) - 1:  # planar (separate) samples: move them last
+        arr = np.moveaxis(arr, axes.index("S"), -1)
+        axes = axes.replace("S", "") + "S"
+    keep = [i for i, n in enumerate(arr.shape) if n != 1 or axes[i] in "YX"]
+    arr, axes = arr.reshape([arr.shape[i] for i in keep]), "".join(axes[i] for i in keep)
+    planes = [ax for ax in axes if ax not in "YXS"]
+    if planes:
+        raise InputError(
+            f"{path}: TIFF holds a stack of {int(np.prod([arr.shape[axes.index(a)] for a in planes]))} planes "
+            f"(axes {axes}, shape {arr.shape}); neurofuse reads single-plane 2D TIFFs (save volumes as NIfTI)"
+        )
+    if arr.ndim == 3 and arr.shape[-1] in (2, 4):
+        arr = _drop_alpha(arr, path)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
+        raise InputError(f"{path}: expected a gray or RGB image, got TIFF samples of shape {arr.shape}")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype.kind == "c":
+        raise InputError(f"{path}: complex-valued TIFF is not an image neurofuse can fuse")
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    bits = 8 if arr.dtype == np.uint8 else 16 if arr.dtype == np.uint16 else arr.dtype.itemsize * 8
+    return Image(np.ascontiguousarray(arr), path, "tiff", bit_depth=bits, meta={"axes": axes, "dtype": str(arr.dtype)})
+
+
 def _read_2d(path: Path) -> Image:
     ext = suffix_of(path)
+    if ext in (".tif", ".tiff"):
+        img = _read_tiff(path)
+        arr = img.array
+        if arr.ndim == 3 and np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
+            img.array = np.ascontiguousarray(arr[..., 0])  # RGB that is really gray
+        return img
     if ext in LOSSY_EXTS:
         warnings.warn(f"{path}: JPEG is lossy; fusion metrics on it are biased by compression", stacklevel=3)
     try:
@@ -180,6 +284,40 @@ def _sitk_affine(img) -> np.ndarray:
     return aff
 
 
+def _check_slice_positions(path: Path, files: list[str]) -> None:
+    """InputError unless the series' slices are evenly spaced along their normal (no slice missing/duplicated).
+
+    The series reader would otherwise assume one spacing and stretch or misplace the later slices.
+    """
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    pos, normal = [], None
+    for f in files:
+        reader.SetFileName(f)
+        reader.ReadImageInformation()
+        if not reader.HasMetaDataKey("0020|0032"):
+            return  # no positions (e.g. secondary capture): nothing to check against
+        pos.append([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+        if normal is None and reader.HasMetaDataKey("0020|0037"):
+            iop = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+            normal = np.cross(iop[:3], iop[3:6])
+    if len(pos) < 3:
+        return
+    if normal is None or not np.linalg.norm(normal):
+        normal = np.asarray(pos[-1]) - np.asarray(pos[0])
+    d = np.sort(np.asarray(pos) @ (np.asarray(normal) / np.linalg.norm(normal)))
+    gaps = np.diff(d)
+    step = float(np.median(gaps))
+    bad = np.flatnonzero(np.abs(gaps - step) > max(1e-3, 0.01 * abs(step)))
+    if step <= 0 or len(bad):
+        k = int(bad[0]) if len(bad) else 0
+        raise InputError(
+            f"{path}: DICOM slices are unevenly spaced ({gaps[k]:.4g} mm between slices {k + 1} and {k + 2} of "
+            f"{len(d)}, {step:.4g} mm elsewhere): a slice is missing or duplicated; export a complete series"
+        )
+
+
 def _read_dicom_dir(path: Path) -> Image:
     import SimpleITK as sitk
 
@@ -189,12 +327,17 @@ def _read_dicom_dir(path: Path) -> Image:
     if len(series) > 1:
         raise InputError(f"{path}: folder holds {len(series)} DICOM series; put one series per folder")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])
+    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's multi-line warnings: we check and say it ourselves
     try:
+        _check_slice_positions(path, files)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
         img = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(f"{path}: unreadable DICOM series ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{path}: unreadable DICOM series ({str(exc).strip().splitlines()[0]})") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
     arr = sitk.GetArrayFromImage(img)  # (z, y, x) or (z, y, x, c)
     if arr.ndim != 3:
         raise InputError(f"{path}: expected a scalar 3D DICOM series, got array of shape {arr.shape}")
@@ -244,11 +387,27 @@ def check_finite_nonconstant(arr: np.ndarray, path: str | Path) -> None:
         raise InputError(f"{path}: image is constant (every value is {arr.flat[0]})")
 
 
+def rgb255(img: Image) -> np.ndarray:
+    """A colour image's RGB as float64 on the [0, 255] scale (by its full scale, else by its maximum)."""
+    peak = img.full_scale or max(float(img.array.max()), 1e-30)
+    return img.array.astype(np.float64) * (255.0 / peak)
+
+
 def luma(img: Image) -> np.ndarray:
-    """Gray values, or the Y channel of a colour image, as float32 in native units."""
+    """Gray values in native units, or the Y channel of a colour image on the [0, 255] scale, as float32."""
     if img.is_color:
-        return rgb_to_ycbcr(img.array.astype(np.float64) * (255.0 / (2**img.bit_depth - 1)))[..., 0].astype(np.float32)
+        return rgb_to_ycbcr(rgb255(img))[..., 0].astype(np.float32)
     return img.array.astype(np.float32)
+
+
+def unit_luma(img: Image) -> np.ndarray:
+    """Gray/Y of a 2D image as float64 in [0, 1]: by its full scale (8/16-bit integers, floats already in
+    [0, 1]), else per-image min-max (float images in other units, other integer types)."""
+    if img.is_color:
+        return luma(img).astype(np.float64) / 255.0
+    if img.full_scale is not None:
+        return img.array.astype(np.float64) / img.full_scale
+    return normalize01(img.array, name=img.path).astype(np.float64)
 
 
 def read_luma(path: str | Path) -> np.ndarray:
@@ -257,19 +416,19 @@ def read_luma(path: str | Path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- geometry
-def check_geometry(a: Image, b: Image) -> None:
+def check_geometry(a: Image, b: Image, hint: str = "use --resample") -> None:
     """InputError naming both files unless a and b share dimensionality, shape and (3D) grid."""
     names = f"{a.path} and {b.path}"
     if a.spatial_dims != b.spatial_dims:
         raise InputError(f"{names}: cannot fuse a {a.spatial_dims}D image with a {b.spatial_dims}D one")
     if a.spatial_shape != b.spatial_shape:
-        raise InputError(f"{names}: shape mismatch {a.spatial_shape} vs {b.spatial_shape} (use --resample)")
+        raise InputError(f"{names}: shape mismatch {a.spatial_shape} vs {b.spatial_shape} ({hint})")
     if a.affine is not None and b.affine is not None:
         diff = float(np.abs(a.affine - b.affine).max())
         if diff > AFFINE_TOL:
             raise InputError(
                 f"{names}: voxel grids differ (affine max difference {diff:.4g} mm; spacing "
-                f"{_fmt(a.spacing)} vs {_fmt(b.spacing)}) (use --resample)"
+                f"{_fmt(a.spacing)} vs {_fmt(b.spacing)}) ({hint})"
             )
 
 
@@ -346,7 +505,8 @@ def list_images(folder: str | Path) -> list[Path]:
         raise InputError(f"{folder}: not a folder")
     exts = IMAGE_2D_EXTS + NIFTI_EXTS
     return sorted(
-        (p for p in folder.iterdir() if p.is_file() and suffix_of(p) in exts), key=lambda p: natural_key(p.name)
+        (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and suffix_of(p) in exts),
+        key=lambda p: natural_key(p.name),
     )
 
 
@@ -357,22 +517,191 @@ def pair_files(dir_a: str | Path, dir_b: str | Path) -> list[tuple[str, Path, Pa
 
 
 # ---------------------------------------------------------------------------------------- writers
-@contextlib.contextmanager
-def atomic_write_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it."""
+# Writes go to a hidden `.NAME.partial-XXXXXXXX.EXT` beside the output, then are renamed onto it. The
+# writer holds an flock on its partial file, so a partial whose lock can be taken belongs to a process
+# that died (kill -9, power loss) and is removed by the next write into that folder.
+_PARTIAL = ".partial-"
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.EIO}
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive flock without waiting; True if taken (always True where flock does not exist)."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def partial_files(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Hidden partial files in `folder` (of output `name` only, if given)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stem = None if name is None else name[: len(name) - len(suffix_of(name))]
+    out = []
+    for p in folder.iterdir():
+        if p.name.startswith(".") and _PARTIAL in p.name and (stem is None or p.name.startswith(f".{stem}{_PARTIAL}")):
+            out.append(p)
+    return out
+
+
+def remove_stale_partials(folder: str | Path, name: str | None = None) -> int:
+    """Delete partial files left by writers that died (their lock is free); returns how many."""
+    removed = 0
+    for p in partial_files(folder, name):
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if _try_lock(fd) and fcntl is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed += 1
+        finally:
+            os.close(fd)
+    return removed
+
+
+def check_writable(path: str | Path, overwrite: bool = True) -> Path:
+    """UsageError now, before any work, if `path` cannot be written as a file."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise UsageError(f"{path}: output folder {path.parent} does not exist")
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise UsageError(f"{path}: output folder {parent} {what}")
+    if path.is_dir():
+        raise UsageError(f"{path}: output is a folder; give a file name")
     if path.exists() and not overwrite:
         raise UsageError(f"{path}: output exists (use --overwrite to replace it)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{path}: output folder {parent} is not writable")
+    return path
+
+
+def check_output_folder(folder: str | Path, create: bool = True) -> Path:
+    """UsageError if `folder` is a file or cannot be created/written; creates it when asked."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder}: output folder is a file")
+    if not folder.exists():
+        base = next((p for p in folder.parents if p.exists()), Path("."))
+        if not base.is_dir():
+            raise UsageError(f"{folder}: cannot create the output folder ({base} is a file)")
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise UsageError(f"{folder}: cannot create the output folder ({base} is not writable)")
+        if not create:
+            return folder
+        folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{folder}: output folder is not writable")
+    return folder
+
+
+def _commit(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Rename `tmp` onto `path`; without `overwrite` atomically refuse a file that appeared meanwhile."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if `path` exists, even one created a moment ago by another process
+    except FileExistsError:
+        raise UsageError(f"{path}: output exists (created while this one was written; use --overwrite)") from None
+    except OSError:  # a file system without hard links
+        if path.exists():
+            raise UsageError(f"{path}: output exists (use --overwrite to replace it)") from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it.
+
+    Checks up front that `path` can be written (folder exists and is writable, `path` is not a folder,
+    exists only with `overwrite`); errors name `path`, never the temporary file.
+    """
+    path = check_writable(path, overwrite)
+    remove_stale_partials(path.parent, path.name)
     ext = suffix_of(path)
-    tmp = path.with_name(f".{path.name[: len(path.name) - len(ext)]}.partial-{uuid.uuid4().hex[:8]}{ext}")
+    tmp = path.with_name(f".{path.name[: len(path.name) - len(ext)]}{_PARTIAL}{uuid.uuid4().hex[:8]}{ext}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write in {path.parent} ({exc.strerror})") from None
+    _try_lock(fd)
     try:
         yield tmp
-        os.replace(tmp, path)
+        _commit(tmp, path, overwrite)
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise InputError(f"{path}: cannot write ({exc.strerror})") from None
     finally:
-        if tmp.exists():
+        with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def claim_output(path: str | Path) -> Iterator[bool]:
+    """Claim the right to produce `path` among processes writing into one folder (e.g. two `fuse-dir`).
+
+    Yields True if this process holds the claim (a hidden `.NAME.lock` beside `path`, flock-ed; freed by
+    the kernel if the process dies), False if another live process holds it.
+    """
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    if fcntl is None:
+        yield True
+        return
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot write in {path.parent} ({exc.strerror})") from None
+        if not _try_lock(fd):
+            os.close(fd)
+            yield False
+            return
+        try:  # the lock file we locked may have been removed by its last holder: retry on the new one
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        os.close(fd)
+
+
+def remove_stale_locks(folder: str | Path) -> int:
+    """Delete `.NAME.lock` claim files that no live process holds; returns how many."""
+    folder, removed = Path(folder), 0
+    if fcntl is None or not folder.is_dir():
+        return 0
+    for p in folder.glob(".*.lock"):
+        try:
+            fd = os.open(p, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            if _try_lock(fd) and os.fstat(fd).st_ino == os.stat(p).st_ino:
+                p.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _to_uint(arr01: np.ndarray, bits: int) -> np.ndarray:
@@ -397,6 +726,9 @@ def write_image(
     path = Path(path)
     ext = suffix_of(path)
     arr = np.asarray(array)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise ResultError(f"{path}: not written: the array to write holds {bad} NaN/Inf values")
     with atomic_write_path(path, overwrite=overwrite) as tmp:
         if ext in IMAGE_2D_EXTS:
             if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):

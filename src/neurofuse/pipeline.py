@@ -2,26 +2,33 @@
 
 Colour inputs (SPECT/PET RGB) are fused through YCbCr: the Y channel is fused with the gray image
 and the source's Cb/Cr are merged back, unless gray output is requested. Volumes keep the reference
-(first) input's geometry. Nothing is written unless the whole fusion succeeded.
+(first) input's geometry. Nothing is written unless the whole fusion succeeded and its result
+passed `check_result` (finite, not constant); an output is never one of the inputs. Everything that can
+be checked before the work starts (method, options, clip range, output path) is checked first.
 """
 
 from __future__ import annotations
 
+import inspect
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from neurofuse.errors import UsageError
+from neurofuse.errors import ResultError, UsageError
 from neurofuse.fusion import fuse, get_method
 from neurofuse.io import (
     IMAGE_2D_EXTS,
     NIFTI_EXTS,
     Image,
+    check_clip,
+    check_writable,
     load_pair,
     luma,
     normalize01,
+    rgb255,
     rgb_to_ycbcr,
     suffix_of,
     write_image,
@@ -61,21 +68,92 @@ def learned_options(method: str, paths: tuple[str | Path, ...], pair: str | None
     return options if tag is None else {**options, "pretrained": tag}
 
 
-def check_output(out: Path, spatial_dims: int, overwrite: bool) -> None:
+def spatial_dims_of(path: str | Path) -> int | None:
+    """2 or 3 from a path's extension (a folder is a DICOM series); None if unknown."""
+    path = Path(path)
+    ext = suffix_of(path)
+    if ext in IMAGE_2D_EXTS:
+        return 2
+    if ext in NIFTI_EXTS or ext == ".dcm" or path.is_dir():
+        return 3
+    return None
+
+
+def _same_file(x: Path, y: Path) -> bool:
+    try:
+        return os.path.samefile(x, y)
+    except OSError:
+        return x.resolve() == y.resolve()
+
+
+def check_not_input(out: str | Path, inputs: tuple[str | Path, ...]) -> None:
+    """UsageError if `out` is one of the inputs (whatever the flags: a source is never replaced)."""
+    out = Path(out)
+    for p in inputs:
+        if _same_file(out, Path(p)):
+            raise UsageError(f"{out}: output is the input {p}; write the fusion to another file (even --overwrite "
+                             "never replaces a source)")
+
+
+def check_output(out: Path, spatial_dims: int | None, overwrite: bool, inputs: tuple[str | Path, ...] = ()) -> None:
     """UsageError before any work if `out` cannot be written for this kind of input."""
-    ext = suffix_of(out)
-    allowed = IMAGE_2D_EXTS if spatial_dims == 2 else NIFTI_EXTS
-    if ext not in allowed:
-        raise UsageError(f"{out}: a {spatial_dims}D result must be written as one of {', '.join(allowed)}")
-    if not out.parent.is_dir():
-        raise UsageError(f"{out}: output folder {out.parent} does not exist")
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out}: output exists (use --overwrite to replace it)")
+    out = Path(out)
+    check_not_input(out, inputs)
+    if spatial_dims is not None:
+        ext = suffix_of(out)
+        allowed = IMAGE_2D_EXTS if spatial_dims == 2 else NIFTI_EXTS
+        if ext not in allowed:
+            raise UsageError(f"{out}: a {spatial_dims}D result must be written as one of {', '.join(allowed)}")
+    check_writable(out, overwrite)
+
+
+def _numeric_kinds(param: inspect.Parameter) -> set[type]:
+    """Numeric types an option takes, from its default or (for a None default) its annotation text."""
+    if isinstance(param.default, bool):
+        return {bool}
+    if isinstance(param.default, int):
+        return {int}
+    if isinstance(param.default, float):
+        return {float}
+    ann = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation, "__name__", "")
+    return {t for name, t in (("int", int), ("float", float), ("bool", bool)) if re.search(rf"\b{name}\b", ann)}
+
+
+def check_method_options(method: str, options: dict) -> None:
+    """UsageError for an option value of the wrong type (e.g. `-O levels=abc`) before any work."""
+    fn = get_method(method).fn
+    params = inspect.signature(fn).parameters
+    for key, value in options.items():
+        kinds = _numeric_kinds(params[key]) if key in params else set()  # fuse() names unknown options
+        if not kinds:
+            continue
+        if isinstance(value, bool):
+            ok = bool in kinds
+        elif isinstance(value, int):
+            ok = bool(kinds & {int, float})
+        else:
+            ok = isinstance(value, float) and float in kinds
+        if not ok:
+            words = ((int, "an integer"), (float, "a number"), (bool, "true/false"))
+            want = " or ".join(w for t, w in words if t in kinds)
+            raise UsageError(f"method {method!r}: option {key}={value!r} must be {want}")
 
 
 def fusion_inputs(a: Image, b: Image, clip_percentiles: tuple[float, float] | None = None):
     """The two arrays a method fuses: gray/Y intensities, min-max scaled to [0, 1]."""
-    return normalize01(luma(a), clip_percentiles), normalize01(luma(b), clip_percentiles)
+    return (normalize01(luma(a), clip_percentiles, name=a.path), normalize01(luma(b), clip_percentiles, name=b.path))
+
+
+def check_result(f: np.ndarray, a: np.ndarray, b: np.ndarray, method: str, out: str | Path | None = None) -> None:
+    """ResultError unless the fused array is finite and (where an input is not constant) not constant."""
+    where = f"{out}: not written" if out is not None else "fusion result"
+    bad = int(np.count_nonzero(~np.isfinite(f)))
+    if bad:
+        raise ResultError(f"{where}: method {method} returned {bad} NaN/Inf values of {f.size} (its weights or "
+                          "options are broken)")
+    if f.size and float(f.min()) == float(f.max()) and (np.ptp(a) > 0 or np.ptp(b) > 0):
+        raise ResultError(f"{where}: method {method} returned a constant image ({float(f.flat[0]):g} everywhere) "
+                          "from non-constant inputs")
 
 
 def merge_colour(f: np.ndarray, a: Image, b: Image) -> np.ndarray:
@@ -83,24 +161,34 @@ def merge_colour(f: np.ndarray, a: Image, b: Image) -> np.ndarray:
     colour = b if b.is_color else a if a.is_color else None
     if colour is None:
         return f
-    src = colour.array.astype(np.float64) * (255.0 / (2**colour.bit_depth - 1))
-    ycc = rgb_to_ycbcr(src)
+    ycc = rgb_to_ycbcr(rgb255(colour))
     ycc[..., 0] = f * 255.0
     return (ycbcr_to_rgb(ycc) / 255.0).astype(np.float32)
 
 
-def fuse_images(a: Image, b: Image, opts: FuseOptions, **method_options) -> np.ndarray:
-    """Fused array ready to write: 2D gray/RGB or 3D in [0, 1] on `a`'s grid."""
+def fuse_images(a: Image, b: Image, opts: FuseOptions, out: str | Path | None = None, **method_options) -> np.ndarray:
+    """Fused array ready to write: 2D gray/RGB or 3D in [0, 1] on `a`'s grid (checked by `check_result`)."""
     ya, yb = fusion_inputs(a, b, opts.clip_percentiles)
     f = fuse(ya, yb, opts.method, **method_options)
+    check_result(f, ya, yb, opts.method, out)
+    del ya, yb
     return f if opts.gray else merge_colour(f, a, b)
+
+
+def preflight(path_a: str | Path, path_b: str | Path, out: str | Path, opts: FuseOptions, method_options: dict) -> None:
+    """Everything checkable before reading the inputs: method, options, clip range, output path."""
+    get_method(opts.method)
+    check_method_options(opts.method, method_options)
+    check_clip(opts.clip_percentiles)
+    check_output(Path(out), spatial_dims_of(path_a), opts.overwrite, (path_a, path_b))
 
 
 def fuse_files(path_a: str | Path, path_b: str | Path, out: str | Path, opts: FuseOptions, **method_options) -> Path:
     """Fuse two files into `out` (atomic write). `path_a` is the reference grid (anatomical image)."""
     out = Path(out)
+    preflight(path_a, path_b, out, opts, method_options)
     method_options = learned_options(opts.method, (path_a, path_b), opts.pair, method_options)
     a, b = load_pair(path_a, path_b, resample=opts.resample)
-    check_output(out, a.spatial_dims, opts.overwrite)
-    fused = fuse_images(a, b, opts, **method_options)
+    check_output(out, a.spatial_dims, opts.overwrite, (path_a, path_b))
+    fused = fuse_images(a, b, opts, out, **method_options)
     return write_image(out, fused, reference=a, bit_depth=opts.bit_depth, dtype=opts.dtype, overwrite=opts.overwrite)

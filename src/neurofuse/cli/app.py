@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import warnings
 
 import click
@@ -10,12 +13,37 @@ import click
 from neurofuse.errors import NeurofuseError
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that `finally` blocks run (temporary files are removed)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """While a command runs, SIGTERM unwinds like Ctrl-C instead of killing the process mid-write."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class _App(click.Group):
     """Turns NeurofuseError into `error: <message>` and its exit code (2 usage, 1 runtime)."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with _sigterm_unwinds():
+                return super().invoke(ctx)
+        except Terminated:
+            click.echo("terminated", err=True)
+            sys.exit(128 + signal.SIGTERM)
         except NeurofuseError as exc:
             if ctx.meta.get("neurofuse.debug"):
                 raise

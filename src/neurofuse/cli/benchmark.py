@@ -9,6 +9,7 @@ import click
 from neurofuse.benchmark import PRESETS, run_benchmark
 from neurofuse.cli.app import main
 from neurofuse.cli.fuse import method_options
+from neurofuse.io import check_output_folder
 
 
 @main.command("benchmark")
@@ -16,8 +17,8 @@ from neurofuse.cli.fuse import method_options
 @click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val", "all"]))
 @click.option("--methods", default="all", show_default=True, help="all | classical | learned | comma list.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output folder (created).")
-@click.option("--limit", type=int, default=None, help="Only the first N pairs of the split.")
-@click.option("--grid-rows", type=int, default=4, show_default=True, help="Pairs shown in grid.png.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N pairs of the split.")
+@click.option("--grid-rows", type=click.IntRange(min=1), default=4, show_default=True, help="Pairs shown in grid.png.")
 @click.option("--preset", "presets", multiple=True, default=PRESETS, show_default=True, help="Metric presets.")
 @click.option("--device", default="cpu", show_default=True, help="Device for learned methods.")
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16"]),
@@ -32,6 +33,7 @@ from neurofuse.cli.fuse import method_options
 )
 def benchmark_cmd(data, split, methods, out, limit, grid_rows, presets, device, precision, options):
     """Run METHODS on a split of a Harvard-layout pair folder; write CSV/Markdown tables and PNG figures."""
+    check_output_folder(out, create=False)
     results = run_benchmark(
         data,
         out,

@@ -9,10 +9,20 @@ import click
 from tqdm import tqdm
 
 from neurofuse.cli.app import main
-from neurofuse.errors import NeurofuseError, UsageError
+from neurofuse.errors import NeurofuseError, ResultError, UsageError
 from neurofuse.fusion import get_method, list_methods
-from neurofuse.io import pair_files, suffix_of
-from neurofuse.pipeline import FuseOptions, fuse_files
+from neurofuse.io import (
+    IMAGE_2D_EXTS,
+    NIFTI_EXTS,
+    check_clip,
+    check_output_folder,
+    claim_output,
+    pair_files,
+    remove_stale_locks,
+    remove_stale_partials,
+    suffix_of,
+)
+from neurofuse.pipeline import FuseOptions, check_method_options, check_not_input, fuse_files
 
 _common = [
     click.option(
@@ -87,6 +97,26 @@ def fuse_cmd(a, b, out, method, resample, overwrite, gray, clip, bit_depth, dtyp
     click.echo(str(path))
 
 
+def _about_pair(exc: NeurofuseError, *paths: Path) -> bool:
+    """True for an error of one pair's files (fuse-dir goes on), False for one every pair would hit."""
+    return not isinstance(exc, ResultError) and any(str(exc).startswith((f"{p}:", f"{p} and ")) for p in paths)
+
+
+def _targets(pairs, out_dir: Path, ext: str | None) -> list[Path]:
+    """Output path of every pair; UsageError if two pairs would write one file or one is an input."""
+    targets, seen = [], {}
+    for name, pa, pb in pairs:
+        stem = name[: len(name) - len(suffix_of(name))]
+        target = out_dir / f"{stem}{ext or suffix_of(name)}"
+        if target in seen:
+            raise UsageError(f"{target}: both {seen[target]} and {name} would be written here; drop --ext or "
+                             "rename one")
+        seen[target] = name
+        check_not_input(target, (pa, pb))
+        targets.append(target)
+    return targets
+
+
 @main.command("fuse-dir")
 @click.argument("dir_a", type=click.Path(path_type=Path))
 @click.argument("dir_b", type=click.Path(path_type=Path))
@@ -94,29 +124,52 @@ def fuse_cmd(a, b, out, method, resample, overwrite, gray, clip, bit_depth, dtyp
 @click.option("--ext", default=None, help="Output extension (default: that of the A file).")
 @_with_common
 def fuse_dir_cmd(dir_a, dir_b, out_dir, ext, method, resample, overwrite, gray, clip, bit_depth, dtype, pair, options):
-    """Fuse every pair of files with the same name in DIR_A and DIR_B (resumable)."""
+    """Fuse every pair of files with the same name in DIR_A and DIR_B (resumable).
+
+    Existing outputs are skipped (unless --overwrite); several runs may share one output folder (each
+    output is claimed by one of them). A problem of one pair is reported and the run goes on; one that
+    every pair would hit (bad weights or options, a method returning NaN) stops it at once.
+    """
     get_method(method)
+    opts = _opts(method, resample, overwrite, gray, clip, bit_depth, dtype, pair)
+    mopts = method_options(options)
+    check_method_options(method, mopts)
+    check_clip(opts.clip_percentiles)
+    if ext is not None:
+        ext = ext if ext.startswith(".") else f".{ext}"
+        if ext.lower() not in IMAGE_2D_EXTS + NIFTI_EXTS:
+            raise UsageError(f"--ext {ext}: use one of {', '.join(IMAGE_2D_EXTS + NIFTI_EXTS)}")
     pairs = pair_files(dir_a, dir_b)
     if not pairs:
         raise UsageError(f"{dir_a} and {dir_b}: no file names in common")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    opts = _opts(method, resample, overwrite, gray, clip, bit_depth, dtype, pair)
-    mopts = method_options(options)
-    done = skipped = 0
+    targets = _targets(pairs, out_dir, ext)
+    check_output_folder(out_dir)
+    remove_stale_partials(out_dir)
+    remove_stale_locks(out_dir)
+    done = skipped = busy = 0
     failed: list[str] = []
-    for name, pa, pb in tqdm(pairs, desc=f"fuse-dir {method}", unit="pair"):
-        stem = name[: len(name) - len(suffix_of(name))]
-        target = out_dir / f"{stem}{ext or suffix_of(name)}"
+    for (name, pa, pb), target in zip(tqdm(pairs, desc=f"fuse-dir {method}", unit="pair"), targets, strict=True):
         if target.exists() and not overwrite:
             skipped += 1
             continue
-        try:
-            fuse_files(pa, pb, target, opts, **mopts)
-            done += 1
-        except NeurofuseError as exc:
-            failed.append(name)
-            tqdm.write(f"error: {exc}", file=sys.stderr)
-    click.echo(f"{done} fused, {skipped} skipped (exist), {len(failed)} failed -> {out_dir}")
+        with claim_output(target) as mine:
+            if not mine:
+                busy += 1
+                continue
+            if target.exists() and not overwrite:  # written by another run since we looked
+                skipped += 1
+                continue
+            try:
+                fuse_files(pa, pb, target, opts, **mopts)
+                done += 1
+            except NeurofuseError as exc:
+                if not _about_pair(exc, pa, pb, target):
+                    click.echo(f"stopped at {name}: {done} fused, {skipped} skipped (exist) -> {out_dir}")
+                    raise
+                failed.append(name)
+                tqdm.write(f"error: {exc}", file=sys.stderr)
+    others = f", {busy} left to another run writing {out_dir}" if busy else ""
+    click.echo(f"{done} fused, {skipped} skipped (exist), {len(failed)} failed{others} -> {out_dir}")
     if failed:
         sys.exit(1)
 

@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 from neurofuse.cli.app import main
+from neurofuse.errors import InputError
+from neurofuse.io import check_output_folder
 from neurofuse.train import TrainConfig, export_fp16, train
 
 
@@ -24,26 +26,30 @@ def resolve_config(config: str | None, resume: bool, overrides: dict[str, Any]) 
     return TrainConfig.from_dict(given, "command line")
 
 
+_POS_INT = click.IntRange(min=1)
+_POS_FLOAT = click.FloatRange(min=0, min_open=True)
+
+
 @main.command("train")
 @click.option("--config", "config", type=click.Path(dir_okay=False), help="YAML file of training options.")
 @click.option("--model", help="Registered model name, e.g. clinicalfmamba_2d (see `neurofuse models`).")
 @click.option("--data", type=click.Path(), help="Harvard pair folder (with split.csv) or BraTS-layout folder.")
 @click.option("--out", type=click.Path(), help="Run folder for checkpoints, log.csv and config.yaml.")
-@click.option("--epochs", type=int)
-@click.option("--batch-size", "batch_size", type=int, help="Per-process batch size.")
-@click.option("--lr", type=float, help="Peak learning rate (Adam, betas 0.9/0.999).")
+@click.option("--epochs", type=_POS_INT)
+@click.option("--batch-size", "batch_size", type=_POS_INT, help="Per-process batch size.")
+@click.option("--lr", type=_POS_FLOAT, help="Peak learning rate (Adam, betas 0.9/0.999).")
 @click.option("--schedule", type=click.Choice(["constant", "cosine"]), help="Cosine decays to min_lr (1e-6).")
-@click.option("--crop", type=int, help="Training crop (2D) / patch (3D) side.")
+@click.option("--crop", type=_POS_INT, help="Training crop (2D) / patch (3D) side.")
 @click.option("--seed", type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
-@click.option("--max-steps", "max_steps", type=int, help="Stop (resumably) after this many optimiser steps.")
-@click.option("--max-minutes", "max_minutes", type=float, help="Stop (resumably) after this much wall time.")
+@click.option("--max-steps", "max_steps", type=_POS_INT, help="Stop (resumably) after this many optimiser steps.")
+@click.option("--max-minutes", "max_minutes", type=_POS_FLOAT, help="Stop (resumably) after this much wall time.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
               help="auto (default): bf16 where the hardware computes it natively, else fp32.")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.")
-@click.option("--threads", type=int, help="torch.set_num_threads for this process.")
-@click.option("--workers", "num_workers", type=int, help="DataLoader worker processes.")
-@click.option("--val-limit", "val_limit", type=int, help="Validate on the first N val items only (budget).")
+@click.option("--threads", type=_POS_INT, help="torch.set_num_threads for this process.")
+@click.option("--workers", "num_workers", type=click.IntRange(min=0), help="DataLoader worker processes.")
+@click.option("--val-limit", "val_limit", type=_POS_INT, help="Validate on the first N val items only (budget).")
 @click.option("--stage", help="Training stage of a multi-stage model (see its training_stages).")
 @click.option("--init", type=click.Path(dir_okay=False), help="Initial weights (safetensors), e.g. stage 1's best.")
 @click.option("--export-fp16", "export_path", type=click.Path(dir_okay=False),
@@ -54,7 +60,16 @@ def train_cmd(config: str | None, resume: bool, export_path: str | None, **overr
     Multi-process: `torchrun --nproc_per_node N -m neurofuse train ...` (gloo on CPU, nccl on CUDA).
     """
     cfg = resolve_config(config, resume, overrides)
-    result = train(cfg)
+    check_output_folder(cfg.out, create=False)
+    try:
+        result = train(cfg)
+    except RuntimeError as exc:  # torch.load of a training state cut short (killed while copying it, disk full)
+        if not (cfg.resume and ("PytorchStreamReader" in str(exc) or "zip archive" in str(exc))):
+            raise
+        state = Path(cfg.out) / "last_state.pt"
+        reason = str(exc).strip().splitlines()[0]
+        raise InputError(f"{state}: unreadable training state ({reason}); restore it, or delete it and train "
+                         "without --resume") from None
     if int(os.environ.get("RANK", "0")) != 0:
         return
     best = "none" if result.best_val_loss is None else f"{result.best_val_loss:.5f}"
