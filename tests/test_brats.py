@@ -25,6 +25,7 @@ from neurofuse.brats import (
 )
 from neurofuse.cli import main
 from neurofuse.errors import InputError
+from neurofuse.fusion import fuse_axial
 
 DATA = Path(__file__).resolve().parents[1] / "../shared/data"
 LGG_ID = "BraTS19_TCIA10_130_1"
@@ -187,7 +188,7 @@ def test_fuse_axial_handles_empty_slices():
     b = np.zeros((6, 6, 4), np.float32)
     a[:, :, 1:3] = rng.random((6, 6, 2))
     b[:, :, 2:4] = rng.random((6, 6, 2))
-    out = brats.fuse_axial(a, b, "average")
+    out = fuse_axial(a, b, "average")
     assert np.all(out[:, :, 0] == 0)  # both empty
     np.testing.assert_array_equal(out[:, :, 1], a[:, :, 1])  # FLAIR empty: T2 alone
     np.testing.assert_allclose(out[:, :, 2], (a[:, :, 2] + b[:, :, 2]) / 2, atol=1e-6)

@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 import neurofuse.fusion as fusion
 from neurofuse.errors import UsageError
-from neurofuse.inference import fuse_with_model, gaussian_importance, register_learned_method
+from neurofuse.inference import fuse_with_model, gaussian_importance
+from neurofuse.learned import register_learned_method
 from neurofuse.models import create_model
 
 
@@ -89,9 +90,9 @@ def test_clinicalfmamba_is_a_learned_2d_3d_method():
 
 def test_register_learned_method_picks_model_by_ndim(tmp_path, monkeypatch):
     monkeypatch.setattr(fusion, "_METHODS", dict(fusion._METHODS))
-    register_learned_method("tiny_cfm_test", "clinicalfmamba", "test", (2, 3))
-    assert fusion.get_method("tiny_cfm_test").models == {2: "clinicalfmamba_2d", 3: "clinicalfmamba_3d"}
-    register_learned_method("tiny_cfm_test2", {2: "clinicalfmamba_2d_tiny"}, "test", (2,))
+    register_learned_method("tiny_cfm_test", {2: "clinicalfmamba_2d", 3: "clinicalfmamba_3d"}, "test")
+    assert fusion.get_method("tiny_cfm_test").spatial_dims == (2, 3)
+    register_learned_method("tiny_cfm_test2", {2: "clinicalfmamba_2d_tiny"}, "test")
     torch.manual_seed(3)
     model = create_model("clinicalfmamba_2d_tiny")
     path = tmp_path / "w.safetensors"

@@ -28,7 +28,6 @@ import numpy as np
 from scipy import ndimage
 
 from neurofuse.errors import InputError
-from neurofuse.fusion import fuse
 from neurofuse.io import Image, atomic_write_path, read_image
 
 MODALITIES = ("t1", "t1ce", "t2", "flair", "seg")
@@ -273,22 +272,6 @@ def select_slices(seg: np.ndarray | None, n: int, depth: int | None = None, min_
         raise ValueError("select_slices needs a seg or the volume depth")
     start = max((depth - n) // 2, 0)
     return np.arange(start, min(start + n, depth))
-
-
-def fuse_axial(t2: np.ndarray, flair: np.ndarray, method: str, **options) -> np.ndarray:
-    """Fuse two volumes in [0, 1] axial slice by axial slice (third axis) with a 2D fusion method.
-
-    Slices where both inputs are constant (outside the brain) stay 0; where only one is, the fused slice
-    is the other one (there is nothing to fuse it with).
-    """
-    out = np.zeros_like(t2, dtype=np.float32)
-    for k in range(t2.shape[2]):
-        a, b = t2[:, :, k], flair[:, :, k]
-        flat_a, flat_b = a.max() == a.min(), b.max() == b.min()
-        if flat_a and flat_b:
-            continue
-        out[:, :, k] = b if flat_a else a if flat_b else fuse(a, b, method, **options)
-    return out
 
 
 def _case_fingerprint(case: BratsCase, modalities: Iterable[str]) -> dict:

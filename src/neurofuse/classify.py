@@ -31,12 +31,11 @@ from neurofuse.brats import (
     BratsCase,
     PreprocessConfig,
     cached_array,
-    fuse_axial,
     load_preprocessed,
     select_slices,
 )
 from neurofuse.errors import InputError, UsageError
-from neurofuse.fusion import fuse, get_method
+from neurofuse.fusion import fuse, fuse_axial, get_method
 from neurofuse.io import atomic_write_path, write_csv, write_text
 
 BASE_INPUTS = ("t2", "flair", "stack")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from neurofuse.io import read_image
-from neurofuse.models.registry import list_pretrained
+from neurofuse.models.pretrained import list_pretrained
 from neurofuse.pipeline import FuseOptions, fuse_files
 
 
@@ -22,7 +22,7 @@ def _examples() -> Path:
 
 
 def _choice(model: str, tag: str) -> tuple[str, dict]:
-    if f"{model}/{tag}" in list_pretrained(model):
+    if f"{model}.{tag}" in list_pretrained(model):
         return "clinicalfmamba", {"pretrained": tag}
     return "dwt", {}
 

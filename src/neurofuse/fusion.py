@@ -2,7 +2,8 @@
 
 A method is a function `(a, b, **options) -> f` on float arrays in [0, 1] of the same shape, 2D
 (H, W) or 3D (D, H, W); it returns the fused array in [0, 1] with that shape. Classical methods live
-in `neurofuse.baselines`; learned ones are registered by `neurofuse.models`.
+in `neurofuse.baselines`, learned ones in `neurofuse.learned` (neither imports torch: a learned
+method loads its model when it runs).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class FusionMethod:
 
 
 _METHODS: dict[str, FusionMethod] = {}
-_PROVIDERS = ("neurofuse.baselines", "neurofuse.models")
+_PROVIDERS = ("neurofuse.baselines", "neurofuse.learned")
 
 
 def register_method(
@@ -100,3 +101,19 @@ def fuse(a: np.ndarray, b: np.ndarray, method: str = "average", **options) -> np
             )
     out = m.fn(a.astype(np.float32, copy=False), b.astype(np.float32, copy=False), **options)
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+
+
+def fuse_axial(a: np.ndarray, b: np.ndarray, method: str, **options) -> np.ndarray:
+    """Fuse two volumes in [0, 1] axial slice by axial slice (third axis) with a 2D fusion method.
+
+    Slices where both inputs are constant (outside the brain) stay 0; where only one is, the fused slice
+    is the other one (there is nothing to fuse it with).
+    """
+    out = np.zeros_like(a, dtype=np.float32)
+    for k in range(a.shape[2]):
+        sa, sb = a[:, :, k], b[:, :, k]
+        flat_a, flat_b = sa.max() == sa.min(), sb.max() == sb.min()
+        if flat_a and flat_b:
+            continue
+        out[:, :, k] = sb if flat_a else sa if flat_b else fuse(sa, sb, method, **options)
+    return out

@@ -1,4 +1,4 @@
-"""Run a learned fusion model on numpy arrays, and register such models as `neurofuse.fusion` methods.
+"""Run a learned fusion model on numpy arrays (the learned methods of `neurofuse.learned` call this).
 
 `fuse_with_model` pads each input to a multiple of the model's total stride and crops back; inputs
 larger than `window` are fused with overlapping windows blended by a Gaussian importance map (as in
@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from neurofuse.errors import InputError, UsageError
-from neurofuse.fusion import register_method
 from neurofuse.precision import resolve_precision
 
 
@@ -139,20 +138,18 @@ def fuse_with_model(
 
 @functools.lru_cache(maxsize=4)
 def _load_model(name: str, weights: str | None, pretrained: str | None) -> nn.Module:
-    from neurofuse.models.registry import create_model, list_pretrained, load_weights
+    """Model `name` with a weights file, a shipped tag, or (neither given) its default shipped weights.
 
-    if weights is None and pretrained is None:
-        shipped = [k.split("/", 1)[1] for k in list_pretrained(name)]
-        if not shipped:
-            raise UsageError(f"model {name} has no shipped weights; pass -O weights=FILE.safetensors")
-        if len(shipped) > 1:
-            raise UsageError(f"model {name} ships weights for {', '.join(shipped)}: choose one with --pair TAG")
-        pretrained = shipped[0]
-    overrides = {} if weights is None else _trained_overrides(name, weights)
-    model = create_model(name, pretrained=pretrained if weights is None else None, **overrides)
+    Cached, so a folder of pairs (`fuse-dir`) builds and loads the model once.
+    """
+    from neurofuse.models.pretrained import default_tag
+    from neurofuse.models.registry import create_model, load_weights
+
     if weights is not None:
-        load_weights(model, weights)
-    return model.eval()
+        return load_weights(create_model(name, **_trained_overrides(name, weights)), weights).eval()
+    if pretrained is None and default_tag(name) is None:
+        raise UsageError(f"model {name} has no shipped weights; pass -O weights=FILE.safetensors")
+    return create_model(name, pretrained=True if pretrained is None else pretrained).eval()
 
 
 def _trained_overrides(name: str, weights: str) -> dict:
@@ -179,57 +176,3 @@ def _trained_overrides(name: str, weights: str) -> dict:
     except json.JSONDecodeError:
         raise InputError(f"{path}: unreadable model_args metadata") from None
     return dict(args) if isinstance(args, dict) else {}
-
-
-def _model_names(model_name: str | dict[int, str], spatial_dims: Sequence[int]) -> dict[int, str]:
-    if isinstance(model_name, dict):
-        return {int(k): v for k, v in model_name.items()}
-    from neurofuse.models.registry import list_models
-
-    known = set(list_models())
-    names = {}
-    for nd in spatial_dims:
-        cand = f"{model_name}_{nd}d"
-        names[nd] = cand if cand in known else model_name
-    return names
-
-
-def register_learned_method(
-    method_name: str,
-    model_name: str | dict[int, str],
-    description: str,
-    spatial_dims: Sequence[int] = (2, 3),
-) -> None:
-    """Register fusion method `method_name` running a registered model.
-
-    `model_name` is a model name, a base name whose `<name>_2d` / `<name>_3d` variants are picked by
-    the input's ndim, or an explicit {ndim: name} map. Method options: `weights` (a .safetensors
-    file), `pretrained` (a shipped tag; default: the model's shipped weights), `device` (cpu|cuda),
-    `precision` (auto|fp32|bf16, `neurofuse.precision`), `window` (sliding-window size; default 128
-    for 3D, whole image in 2D),
-    `overlap` (default 0.25).
-    """
-    names = _model_names(model_name, spatial_dims)
-
-    def fuse_fn(
-        a: np.ndarray,
-        b: np.ndarray,
-        weights: str | None = None,
-        pretrained: str | None = None,
-        device: str = "cpu",
-        precision: str = "auto",
-        window: int | str | None = None,
-        overlap: float | str = 0.25,
-    ) -> np.ndarray:
-        if a.ndim not in names:
-            raise UsageError(f"method {method_name!r} supports {tuple(names)}D input, got {a.ndim}D")
-        model = _load_model(names[a.ndim], None if weights is None else str(weights), pretrained)
-        if window is None and a.ndim == 3:
-            window = 128
-        win = None if window is None else int(window)
-        return fuse_with_model(
-            model, a, b, device=str(device), precision=str(precision), window=win, overlap=float(overlap)
-        )
-
-    fuse_fn.__name__ = f"fuse_{method_name}"
-    register_method(method_name, description, kind="learned", spatial_dims=tuple(names), models=names)(fuse_fn)

@@ -98,6 +98,27 @@ def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
     return sobel(x, 1, 0).abs() + sobel(x, 0, 1).abs()
 
 
+def ssim2d(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean Gaussian SSIM (window 11, sigma 1.5, valid region) of (N, 1, H, W) images in [0, 1]."""
+    return ssim(x, y, 2)
+
+
+def max_fusion_terms(f: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The peers' three unsupervised fusion terms (SwinFusion's loss): SSIM to both sources,
+    max-intensity and max-texture L1, of 2D batches (N, 1, H, W)."""
+    return {
+        "ssim": 1.0 - 0.5 * (ssim2d(f, a) + ssim2d(f, b)),
+        "int": (f - torch.maximum(a, b)).abs().mean(),
+        "text": (sobel_magnitude(f) - torch.maximum(sobel_magnitude(a), sobel_magnitude(b))).abs().mean(),
+    }
+
+
+def weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+    """sum_k weights[k] * terms[k] and the terms as floats (for the trainer's log)."""
+    loss = sum(weights[k] * v for k, v in terms.items())
+    return loss, {k: float(v.detach()) for k, v in terms.items()}
+
+
 def fusion_loss_2d(
     f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, norm: str = "l1", weights=(2.0, 10.0, 5.0)
 ) -> tuple[torch.Tensor, dict[str, float]]:

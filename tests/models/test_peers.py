@@ -3,9 +3,6 @@ their shared blocks (Swin windows, DDPM). Run on CPU with the `_small` configs a
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -232,9 +229,6 @@ def test_ddpm_schedule_and_unet_features() -> None:
 
 
 def test_peers_are_registered_fusion_methods() -> None:
-    inference = importlib.util.find_spec("neurofuse.inference")
-    if inference is None or not hasattr(importlib.import_module("neurofuse.inference"), "register_learned_method"):
-        pytest.skip("neurofuse.inference.register_learned_method not available yet")
     from neurofuse.fusion import list_methods
 
     names = {m.name: m for m in list_methods()}
@@ -245,9 +239,6 @@ def test_peers_are_registered_fusion_methods() -> None:
 
 @pytest.mark.parametrize("name", PEERS)
 def test_fuse_runs_the_registered_method_from_a_weights_file(name: str, tmp_path) -> None:
-    inference = importlib.util.find_spec("neurofuse.inference")
-    if inference is None or not hasattr(importlib.import_module("neurofuse.inference"), "register_learned_method"):
-        pytest.skip("neurofuse.inference.register_learned_method not available yet")
     from safetensors.torch import save_file
 
     from neurofuse.fusion import fuse

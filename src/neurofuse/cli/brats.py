@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from neurofuse.brats import BratsCase, discover, fuse_axial, load_volume, normalize_volume
+from neurofuse.brats import BratsCase, discover, load_volume, normalize_volume
 from neurofuse.cli.app import main
 from neurofuse.errors import NeurofuseError, UsageError
-from neurofuse.fusion import fuse, get_method
+from neurofuse.fusion import fuse, fuse_axial, get_method
 from neurofuse.io import write_image
 from neurofuse.synthetic import SynthConfig, write_cohort
 

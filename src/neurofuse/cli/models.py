@@ -19,7 +19,7 @@ def models_cmd(fmt: str) -> None:
         model = create_model(name)
         params = sum(p.numel() for p in model.parameters())
         dims = getattr(model, "spatial_dims", "")
-        tags = " ".join(t.split("/", 1)[1] for t in list_pretrained(name)) or "-"
+        tags = " ".join(t.split(".", 1)[1] for t in list_pretrained(name)) or "-"
         rows.append((name, str(dims), f"{params:,}" if fmt == "markdown" else str(params), tags))
     header = ("model", "spatial_dims", "parameters", "shipped weights")
     if fmt == "csv":

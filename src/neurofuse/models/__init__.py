@@ -1,15 +1,27 @@
-"""Fusion networks: a registry (`create_model`, `list_models`) and the models that fill it.
+"""Fusion networks: a registry (`create_model`, `list_models`), their pretrained configs and the models.
 
-Every module in this package is imported here, so a model file registers itself just by existing.
+Nothing is imported up front: `neurofuse.models.pretrained` (the shipped weights) needs no torch, and
+the registry imports every model module the first time a model is listed or built, so a model file
+registers itself just by existing.
 """
 
+from __future__ import annotations
+
 import importlib
-import pkgutil
 
-from neurofuse.models.registry import create_model, list_models, list_pretrained, register_model
+_API = {
+    "create_model": "registry",
+    "list_models": "registry",
+    "register_model": "registry",
+    "load_weights": "registry",
+    "list_pretrained": "pretrained",
+    "param_groups": "optim",
+}
 
-for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name != "registry":
-        importlib.import_module(f"{__name__}.{_mod.name}")
+__all__ = sorted(_API)
 
-__all__ = ["create_model", "list_models", "list_pretrained", "register_model"]
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """Convolutional building blocks of ClinicalFMamba, one code path for 2D and 3D (`spatial_dims`).
 
 Layer factories pick `Conv2d`/`Conv3d`, `BatchNorm2d`/`BatchNorm3d` by `spatial_dims` (MONAI style),
-so DGCB, the stride-2 stages, the decoder stages and CMCA are written once. Shapes in docstrings use
+so DGCB, the stride-2 stages, the decoder stages and CMCA are written once. Also the 2D blocks more
+than one peer uses (`ChannelAttention`: EH-DRAN and DM-FNet). Shapes in docstrings use
 `*S` for the spatial dims: (H, W) in 2D, (D, H, W) in 3D.
 """
 
@@ -127,3 +128,15 @@ class CMCA(nn.Module):
         w = torch.sigmoid(q.amax(dim=2) + q.mean(dim=2))
         w = w.view(*w.shape, *([1] * (fy.dim() - 2)))
         return self.conv_b(fy) * w
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-excitation: (N, C, H, W) -> same, channels rescaled by a sigmoid gate."""
+
+    def __init__(self, c: int, reduction: int = 4) -> None:
+        super().__init__()
+        hidden = max(c // reduction, 4)
+        self.gate = nn.Sequential(nn.Linear(c, hidden), nn.ReLU(), nn.Linear(hidden, c), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x.mean((2, 3)))[:, :, None, None]

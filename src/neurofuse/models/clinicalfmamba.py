@@ -1,10 +1,10 @@
 """ClinicalFMamba (Zhou et al., MICCAI MLMI 2025): CNN + Mamba fusion of two 1-channel images, 2D or 3D.
 
-Our own implementation from `docs/clinicalfmamba.md`; one code path for 2D and 3D via `spatial_dims`.
-Siamese CNN encoder (stem conv + stages of [stride-2 conv + DGCB]) -> per-modality latent Mamba
-blocks with multi-direction scans -> (2D) token swap twice -> cross-modal Mamba both ways ->
-`Linear((x + y) / 2)` -> (2D) plain Mamba decoder blocks -> upsampling stages -> + CMCA both ways on
-the stem features -> 3x3 conv -> sigmoid.
+Our own implementation from the paper and the authors' release (model card: `docs/models.md`); one
+code path for 2D and 3D via `spatial_dims`. Siamese CNN encoder (stem conv + stages of [stride-2
+conv + DGCB]) -> per-modality latent Mamba blocks with multi-direction scans -> (2D) token swap
+twice -> cross-modal Mamba both ways -> `Linear((x + y) / 2)` -> (2D) plain Mamba decoder blocks ->
+upsampling stages -> + CMCA both ways on the stem features -> 3x3 conv -> sigmoid.
 
 Changes from the authors' release: unused layers are left out (their `shallow_fusion` convs, a
 second stem conv, the decoder's spare conv, the 3D single-modality block's five unused scan
@@ -35,7 +35,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from neurofuse.inference import register_learned_method
 from neurofuse.losses import fusion_loss
 from neurofuse.models.blocks import CMCA, DownStage, UpStage, conv_nd
 from neurofuse.models.mamba import CrossMambaBlock, MambaBlock, ScanOrder, TokenSwap, scan_orders
@@ -205,10 +204,3 @@ def clinicalfmamba_2d_tiny(**overrides) -> ClinicalFMamba:
 def clinicalfmamba_3d_tiny(**overrides) -> ClinicalFMamba:
     """Small 3D variant for tests (widths 8/16/16, one latent block)."""
     return _create(3, tiny=True, **overrides)
-
-
-register_learned_method(
-    "clinicalfmamba", "clinicalfmamba",
-    "ClinicalFMamba (CNN + Mamba, MLMI 2025); 2D and 3D (tri-plane scan); -O weights=FILE.safetensors",
-    (2, 3),
-)

@@ -26,17 +26,16 @@ Choices where the paper is silent or we had to differ:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from neurofuse.inference import register_learned_method
+from neurofuse.losses import max_fusion_terms, sobel_magnitude, weighted_sum
+from neurofuse.models.blocks import ChannelAttention
 from neurofuse.models.diffusion import DiffusionUNet, GaussianDiffusion, denoising_loss
-from neurofuse.models.ehdran import ChannelAttention
-from neurofuse.models.registry import register_model
-from neurofuse.models.swinfusion import max_fusion_terms, sobel, weighted_sum
+from neurofuse.models.registry import register_variants
 
 
 @dataclass
@@ -107,7 +106,7 @@ class ProgressiveReconstruction(nn.Module):
         for merge, skip in zip(self.merge, levels[1:], strict=True):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = skip + merge(torch.cat([x, skip], 1))
-        d = self.detail(torch.cat([a, b, sobel(a), sobel(b)], 1))
+        d = self.detail(torch.cat([a, b, sobel_magnitude(a), sobel_magnitude(b)], 1))
         return torch.sigmoid(self.out(torch.cat([x, d], 1)))
 
 
@@ -181,25 +180,9 @@ class DMFNet(nn.Module):
         return weighted_sum(terms, {"ssim": c.w_ssim, "int": c.w_int, "text": c.w_grad})
 
 
-def _build(base: DMFNetConfig, overrides: dict) -> DMFNet:
-    return DMFNet(DMFNetConfig(**{**asdict(base), **overrides}))
-
-
-@register_model
-def dmfnet(**overrides) -> DMFNet:
-    """DM-FNet full size (UNet base 64, mults 1-2-4-8, feature steps 5/50/100)."""
-    return _build(DMFNetConfig(), overrides)
-
-
-@register_model
-def dmfnet_small(**overrides) -> DMFNet:
-    """DM-FNet reduced for CPU training (UNet base 16, mults 1-2-4, feature steps 5/50)."""
-    return _build(DMFNetConfig(unet_base=16, unet_mults=(1, 2, 4), feature_steps=(5, 50), fuse_dim=12), overrides)
-
-
-register_learned_method(
-    "dmfnet",
-    "dmfnet_small",
-    "DM-FNet (He et al., 2025): diffusion-trained UNet features + three-module fusion network; small config",
-    spatial_dims=(2,),
-)
+# The variants: full size (the paper's) and reduced for CPU training (the shipped weights).
+register_variants(DMFNet, DMFNetConfig, {
+    "dmfnet": ("DM-FNet full size (UNet base 64, mults 1-2-4-8, feature steps 5/50/100).", {}),
+    "dmfnet_small": ("DM-FNet reduced for CPU training (UNet base 16, mults 1-2-4, feature steps 5/50).",
+                     dict(unet_base=16, unet_mults=(1, 2, 4), feature_steps=(5, 50), fuse_dim=12)),
+})

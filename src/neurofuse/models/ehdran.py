@@ -27,15 +27,15 @@ Choices where the paper is silent or we had to differ:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from neurofuse.inference import register_learned_method
-from neurofuse.models.registry import register_model
-from neurofuse.models.swinfusion import sobel
+from neurofuse.losses import sobel_magnitude
+from neurofuse.models.blocks import ChannelAttention
+from neurofuse.models.registry import register_variants
 
 FUSION_RULES = ("nuclear", "l1", "average", "max")
 
@@ -52,18 +52,6 @@ class EHDRANConfig:
     w_grad: float = 1.0
     w_perc: float = 0.1
     perc_seed: int = 1234
-
-
-class ChannelAttention(nn.Module):
-    """Squeeze-excitation: (N, C, H, W) -> same, channels rescaled by a sigmoid gate."""
-
-    def __init__(self, c: int, reduction: int = 4) -> None:
-        super().__init__()
-        hidden = max(c // reduction, 4)
-        self.gate = nn.Sequential(nn.Linear(c, hidden), nn.ReLU(), nn.Linear(hidden, c), nn.Sigmoid())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(x.mean((2, 3)))[:, :, None, None]
 
 
 class SpatialAttention(nn.Module):
@@ -103,7 +91,7 @@ class EdgeEnhancer(nn.Module):
         self.body = nn.Sequential(nn.Conv2d(1, c, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(c, c, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(sobel(x))
+        return self.body(sobel_magnitude(x))
 
 
 class RandomFeatures(nn.Module):
@@ -199,7 +187,7 @@ class EHDRAN(nn.Module):
     def _recon_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         y = self.decode(self.encode(x))
         perc = sum((p - q).abs().mean() for p, q in zip(self.perceptual(y), self.perceptual(x), strict=True))
-        return {"mse": F.mse_loss(y, x), "grad": (sobel(y) - sobel(x)).abs().mean(), "perc": perc}
+        return {"mse": F.mse_loss(y, x), "grad": (sobel_magnitude(y) - sobel_magnitude(x)).abs().mean(), "perc": perc}
 
     def training_loss(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Reconstruction of a and of b separately: MSE + gradient + perceptual (the fusion rule is not trained)."""
@@ -210,26 +198,9 @@ class EHDRAN(nn.Module):
         return loss, {k: float(v.detach()) for k, v in terms.items()}
 
 
-def _build(base: EHDRANConfig, overrides: dict) -> EHDRAN:
-    return EHDRAN(EHDRANConfig(**{**asdict(base), **overrides}))
-
-
-@register_model
-def ehdran(**overrides) -> EHDRAN:
-    """EH-DRAN full size (64 channels, 3 DRAN modules)."""
-    return _build(EHDRANConfig(), overrides)
-
-
-@register_model
-def ehdran_small(**overrides) -> EHDRAN:
-    """EH-DRAN reduced for CPU training (24 channels, 2 DRAN modules)."""
-    return _build(EHDRANConfig(channels=24, modules=2), overrides)
-
-
-register_learned_method(
-    "ehdran",
-    "ehdran_small",
-    "EH-DRAN (Zhou et al., BIBM 2024): "
-    "edge-enhanced dilated residual attention autoencoder, nuclear-norm feature fusion; small config",
-    spatial_dims=(2,),
-)
+# The variants: full size (the paper's) and reduced for CPU training (the shipped weights).
+register_variants(EHDRAN, EHDRANConfig, {
+    "ehdran": ("EH-DRAN full size (64 channels, 3 DRAN modules).", {}),
+    "ehdran_small": ("EH-DRAN reduced for CPU training (24 channels, 2 DRAN modules).",
+                     dict(channels=24, modules=2)),
+})

@@ -26,16 +26,15 @@ Everything else is our assumption:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from neurofuse.inference import register_learned_method
+from neurofuse.losses import max_fusion_terms, sobel_magnitude, ssim2d, weighted_sum
 from neurofuse.models.diffusion import DiffusionUNet, GaussianDiffusion, denoising_loss
-from neurofuse.models.registry import register_model
+from neurofuse.models.registry import register_variants
 from neurofuse.models.swin import SwinStage, crop_to, pad_to_multiple
-from neurofuse.models.swinfusion import max_fusion_terms, sobel, ssim, weighted_sum
 
 
 @dataclass
@@ -145,34 +144,17 @@ class LAGN(nn.Module):
         f = self(a, b)
         ga, gb = self.generate(a, b)
         terms = max_fusion_terms(f, a, b)
-        terms["gen_ssim"] = 1.0 - 0.5 * (ssim(f, ga) + ssim(f, gb))
-        terms["gen_grad"] = (sobel(f) - torch.maximum(sobel(ga), sobel(gb))).abs().mean()
+        terms["gen_ssim"] = 1.0 - 0.5 * (ssim2d(f, ga) + ssim2d(f, gb))
+        terms["gen_grad"] = (sobel_magnitude(f) - torch.maximum(sobel_magnitude(ga), sobel_magnitude(gb))).abs().mean()
         c = self.cfg
         weights = {"int": c.w_int, "text": c.w_grad, "ssim": c.w_ssim}
         weights.update(gen_ssim=c.w_gen_ssim, gen_grad=c.w_gen_grad)
         return weighted_sum(terms, weights)
 
 
-def _build(base: LAGNConfig, overrides: dict) -> LAGN:
-    return LAGN(LAGNConfig(**{**asdict(base), **overrides}))
-
-
-@register_model
-def lagn(**overrides) -> LAGN:
-    """LAGN full size (width 48, window 8, UNet base 64)."""
-    return _build(LAGNConfig(), overrides)
-
-
-@register_model
-def lagn_small(**overrides) -> LAGN:
-    """LAGN reduced for CPU training (width 16, window 4, UNet base 16)."""
-    return _build(LAGNConfig(dim=16, blocks=1, heads=2, window=4, unet_base=16, unet_mults=(1, 2, 4)), overrides)
-
-
-register_learned_method(
-    "lagn",
-    "lagn_small",
-    "LAGN (Qu et al., 2025, from the abstract): "
-    "local/global network with a diffusion-generated-image loss; small config",
-    spatial_dims=(2,),
-)
+# The variants: full size (the paper's) and reduced for CPU training (the shipped weights).
+register_variants(LAGN, LAGNConfig, {
+    "lagn": ("LAGN full size (width 48, window 8, UNet base 64).", {}),
+    "lagn_small": ("LAGN reduced for CPU training (width 16, window 4, UNet base 16).",
+                   dict(dim=16, blocks=1, heads=2, window=4, unet_base=16, unet_mults=(1, 2, 4))),
+})

@@ -26,16 +26,15 @@ Choices where the paper is silent or we had to differ:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from neurofuse.inference import register_learned_method
+from neurofuse.losses import max_fusion_terms, weighted_sum
 from neurofuse.models.mamba import CrossMambaBlock, MambaBlock, channel_swap, scan_orders
-from neurofuse.models.registry import register_model
+from neurofuse.models.registry import register_variants
 from neurofuse.models.swin import crop_to, pad_to_multiple
-from neurofuse.models.swinfusion import max_fusion_terms, weighted_sum
 
 
 @dataclass
@@ -159,27 +158,9 @@ class MambaDFuse(nn.Module):
         return weighted_sum(max_fusion_terms(self(a, b), a, b), {"ssim": c.w_ssim, "text": c.w_text, "int": c.w_int})
 
 
-def _build(base: MambaDFuseConfig, overrides: dict) -> MambaDFuse:
-    return MambaDFuse(MambaDFuseConfig(**{**asdict(base), **overrides}))
-
-
-@register_model
-def mambadfuse(**overrides) -> MambaDFuse:
-    """MambaDFuse full size (width 64, pixel tokens, 2 blocks per part)."""
-    return _build(MambaDFuseConfig(), overrides)
-
-
-@register_model
-def mambadfuse_small(**overrides) -> MambaDFuse:
-    """MambaDFuse reduced for CPU training (width 32, 4x4 patch tokens, 1 block per part, state 8)."""
-    return _build(
-        MambaDFuseConfig(cnn_dim=16, dim=32, patch=4, d_state=8, extract_depth=1, m3_depth=1, recon_depth=1), overrides
-    )
-
-
-register_learned_method(
-    "mambadfuse",
-    "mambadfuse_small",
-    "MambaDFuse (Li et al., 2024): dual-phase Mamba fusion (channel exchange + M3 blocks); small config",
-    spatial_dims=(2,),
-)
+# The variants: full size (the paper's) and reduced for CPU training (the shipped weights).
+register_variants(MambaDFuse, MambaDFuseConfig, {
+    "mambadfuse": ("MambaDFuse full size (width 64, pixel tokens, 2 blocks per part).", {}),
+    "mambadfuse_small": ("MambaDFuse reduced for CPU training (width 32, 4x4 patch tokens, 1 block per part, state 8).",
+                         dict(cnn_dim=16, dim=32, patch=4, d_state=8, extract_depth=1, m3_depth=1, recon_depth=1)),
+})

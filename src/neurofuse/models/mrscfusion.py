@@ -24,16 +24,15 @@ Choices where the paper is silent or we had to differ:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from neurofuse.inference import register_learned_method
-from neurofuse.models.registry import register_model
+from neurofuse.losses import max_fusion_terms, sobel_magnitude, ssim2d, weighted_sum
+from neurofuse.models.registry import register_variants
 from neurofuse.models.swin import ResidualSwinBlock, crop_to, pad_to_multiple
-from neurofuse.models.swinfusion import max_fusion_terms, sobel, ssim, weighted_sum
 
 
 @dataclass
@@ -120,7 +119,7 @@ class GradientResidualDense(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y1 = F.leaky_relu(self.d1(x), 0.2)
         y2 = F.leaky_relu(self.d2(torch.cat([x, y1], 1)), 0.2)
-        return x + self.fuse(torch.cat([x, y1, y2], 1)) + self.grad(sobel(x))
+        return x + self.fuse(torch.cat([x, y1, y2], 1)) + self.grad(sobel_magnitude(x))
 
 
 class RSCF(nn.Module):
@@ -191,30 +190,14 @@ class MRSCFusion(nn.Module):
         if self.stage == "autoencoder":
             x = torch.cat([a, b], 0)
             y = self.reconstruct(x)
-            terms = {"mse": F.mse_loss(y, x), "ssim": 1.0 - ssim(y, x)}
+            terms = {"mse": F.mse_loss(y, x), "ssim": 1.0 - ssim2d(y, x)}
             return weighted_sum(terms, {"mse": 1.0, "ssim": 1.0})
         return weighted_sum(max_fusion_terms(self(a, b), a, b), {"ssim": c.w_ssim, "text": c.w_text, "int": c.w_int})
 
 
-def _build(base: MRSCFusionConfig, overrides: dict) -> MRSCFusion:
-    return MRSCFusion(MRSCFusionConfig(**{**asdict(base), **overrides}))
-
-
-@register_model
-def mrscfusion(**overrides) -> MRSCFusion:
-    """MRSCFusion full size (widths 32/64/128, window 8)."""
-    return _build(MRSCFusionConfig(), overrides)
-
-
-@register_model
-def mrscfusion_small(**overrides) -> MRSCFusion:
-    """MRSCFusion reduced for CPU training (widths 12/24/48, window 4, one Swin layer per scale)."""
-    return _build(MRSCFusionConfig(widths=(12, 24, 48), swin_depth=1, heads=2, window=4, growth=8), overrides)
-
-
-register_learned_method(
-    "mrscfusion",
-    "mrscfusion_small",
-    "MRSCFusion (Xie et al., 2023): multiscale CNN autoencoder with residual Swin-convolution fusion; small config",
-    spatial_dims=(2,),
-)
+# The variants: full size (the paper's) and reduced for CPU training (the shipped weights).
+register_variants(MRSCFusion, MRSCFusionConfig, {
+    "mrscfusion": ("MRSCFusion full size (widths 32/64/128, window 8).", {}),
+    "mrscfusion_small": ("MRSCFusion reduced for CPU training (widths 12/24/48, window 4, one Swin layer per scale).",
+                         dict(widths=(12, 24, 48), swin_depth=1, heads=2, window=4, growth=8)),
+})

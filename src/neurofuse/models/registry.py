@@ -1,24 +1,30 @@
 """Model registry in the style of timm: `@register_model` factories, `create_model(name, **overrides)`.
 
-Pretrained weights ship inside the package as safetensors under `neurofuse/weights/`, listed in
-`weights/manifest.json` as `{"<model>/<tag>": {"file": ..., "sha256": ...}}`. Loading checks the hash
-and never unpickles anything.
+Pretrained weights ship inside the package as safetensors under `neurofuse/weights/`, described by one
+pretrained config per `arch.tag` (`neurofuse.models.pretrained`, from `weights/manifest.json`; the
+first tag of an arch is its default). Loading checks the hash and never unpickles anything.
+
+The registry fills itself on first use by importing every module of `neurofuse.models`, so a model
+file registers itself just by existing and nothing is imported before a model is asked for.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import importlib
+import pkgutil
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 
 import torch.nn as nn
 from safetensors.torch import load_file
 
 from neurofuse.errors import InputError, UsageError
+from neurofuse.models.pretrained import get_pretrained_cfg, split_name
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_NOT_MODELS = {"registry", "pretrained", "optim"}
+_filled = False
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -29,19 +35,42 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
+def register_variants(model_cls: type[nn.Module], config_cls: type, variants: dict[str, tuple[str, dict]]) -> None:
+    """Register one factory per variant: `{name: (docstring, config defaults)}`; overrides win over defaults.
+
+    For the models built as `model_cls(config_cls(**fields))` (the peers), so each file ends with one
+    table of its variants instead of a factory function per size.
+    """
+    for name, (doc, defaults) in variants.items():
+        register_model(_variant(model_cls, config_cls, name, doc, defaults))
+
+
+def _variant(model_cls: type[nn.Module], config_cls: type, name: str, doc: str, defaults: dict) -> Callable:
+    def factory(**overrides) -> nn.Module:
+        return model_cls(config_cls(**{**defaults, **overrides}))
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    return factory
+
+
+def _fill() -> None:
+    """Import every model module of the package once (each registers its factories)."""
+    global _filled
+    if _filled:
+        return
+    import neurofuse.models as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name not in _NOT_MODELS:
+            importlib.import_module(f"{pkg.__name__}.{mod.name}")
+    _filled = True
+
+
 def list_models() -> list[str]:
     """Names of all registered models, sorted."""
+    _fill()
     return sorted(_MODELS)
-
-
-def _manifest() -> dict:
-    path = resources.files("neurofuse") / "weights" / "manifest.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def list_pretrained(model: str | None = None) -> list[str]:
-    """Shipped weights as "<model>/<tag>" (for one model if given)."""
-    return sorted(k for k in _manifest() if model is None or k.split("/")[0] == model)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -76,18 +105,21 @@ def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None) 
     return model
 
 
-def create_model(name: str, pretrained: str | None = None, **overrides) -> nn.Module:
-    """Build registered model `name` with config `overrides`; `pretrained` names shipped weights."""
-    if not _MODELS:
-        import neurofuse.models  # noqa: F401  (fills the registry)
-    if name not in _MODELS:
-        raise UsageError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    model = _MODELS[name](**overrides)
-    if pretrained is not None:
-        key = f"{name}/{pretrained}"
-        entry = _manifest().get(key)
-        if entry is None:
-            raise UsageError(f"no shipped weights {key!r}; available: {', '.join(list_pretrained(name)) or 'none'}")
-        path = Path(str(resources.files("neurofuse") / "weights" / entry["file"]))
-        load_weights(model, path, entry["sha256"])
-    return model
+def create_model(name: str, pretrained: str | bool | None = None, **overrides) -> nn.Module:
+    """Build registered model `name` with config `overrides`, optionally with shipped weights.
+
+    `pretrained`: a shipped tag (`"ct-mri"`), True for the model's default tag, None/False for random
+    initialisation; `name` may also be timm's `"arch.tag"` (then the tag's weights are loaded). The
+    pretrained config's `model_args` build the architecture the weights were trained with.
+    """
+    _fill()
+    arch, tag = split_name(name)
+    if tag is not None and pretrained in (None, True):
+        pretrained = tag
+    if arch not in _MODELS:
+        raise UsageError(f"unknown model {arch!r}; available: {', '.join(list_models())}")
+    if pretrained is None or pretrained is False:
+        return _MODELS[arch](**overrides)
+    cfg = get_pretrained_cfg(arch, None if pretrained is True else str(pretrained))
+    model = _MODELS[arch](**{**cfg.model_args, **overrides})
+    return load_weights(model, cfg.path, cfg.sha256)

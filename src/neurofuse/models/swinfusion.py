@@ -22,46 +22,19 @@ Choices where the paper is silent or we had to differ:
   window 4 (attention cost dominates on a CPU; window 8 made a step 3x slower), 1 intra-domain
   layer, 1 cross-domain unit, 2 reconstruction layers.
 
-The loss helpers (`sobel`, `ssim`, `max_fusion_terms`, `weighted_sum`) are reused by the other peers.
+Its loss terms (`neurofuse.losses.max_fusion_terms`, `weighted_sum`) are shared with the other peers.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from neurofuse.inference import register_learned_method
-from neurofuse.losses import sobel_magnitude
-from neurofuse.losses import ssim as _ssim
-from neurofuse.models.registry import register_model
+from neurofuse.losses import max_fusion_terms, weighted_sum
+from neurofuse.models.registry import register_variants
 from neurofuse.models.swin import SwinLayer, SwinStage, crop_to, pad_to_multiple
-
-
-def sobel(x: torch.Tensor) -> torch.Tensor:
-    """Sobel gradient magnitude |gx| + |gy| of (N, C, H, W), same shape (`neurofuse.losses`)."""
-    return sobel_magnitude(x)
-
-
-def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean Gaussian SSIM (window 11, sigma 1.5, valid region) of (N, 1, H, W) images in [0, 1]."""
-    return _ssim(x, y, 2)
-
-
-def max_fusion_terms(f: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The three unsupervised fusion terms: SSIM to both sources, max-intensity and max-texture L1."""
-    return {
-        "ssim": 1.0 - 0.5 * (ssim(f, a) + ssim(f, b)),
-        "int": (f - torch.maximum(a, b)).abs().mean(),
-        "text": (sobel(f) - torch.maximum(sobel(a), sobel(b))).abs().mean(),
-    }
-
-
-def weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
-    """sum_k weights[k] * terms[k] and the terms as floats (for the trainer's log)."""
-    loss = sum(weights[k] * v for k, v in terms.items())
-    return loss, {k: float(v.detach()) for k, v in terms.items()}
 
 
 @dataclass
@@ -157,25 +130,9 @@ class SwinFusion(nn.Module):
         return weighted_sum(max_fusion_terms(self(a, b), a, b), {"ssim": c.w_ssim, "text": c.w_text, "int": c.w_int})
 
 
-def _build(base: SwinFusionConfig, overrides: dict) -> SwinFusion:
-    return SwinFusion(SwinFusionConfig(**{**asdict(base), **overrides}))
-
-
-@register_model
-def swinfusion(**overrides) -> SwinFusion:
-    """SwinFusion at the paper's size (embedding 60, window 8; for a GPU)."""
-    return _build(SwinFusionConfig(), overrides)
-
-
-@register_model
-def swinfusion_small(**overrides) -> SwinFusion:
-    """SwinFusion reduced for CPU training (16 channels, window 4, 1/1/2 layers)."""
-    return _build(SwinFusionConfig(dim=16, heads=2, window=4, intra_depth=1, cross_units=1, recon_depth=2), overrides)
-
-
-register_learned_method(
-    "swinfusion",
-    "swinfusion_small",
-    "SwinFusion (Ma et al., 2022): intra/cross-domain shifted-window attention fusion; small config",
-    spatial_dims=(2,),
-)
+# The variants: full size (the paper's) and reduced for CPU training (the shipped weights).
+register_variants(SwinFusion, SwinFusionConfig, {
+    "swinfusion": ("SwinFusion at the paper's size (embedding 60, window 8; for a GPU).", {}),
+    "swinfusion_small": ("SwinFusion reduced for CPU training (16 channels, window 4, 1/1/2 layers).",
+                         dict(dim=16, heads=2, window=4, intra_depth=1, cross_units=1, recon_depth=2)),
+})

@@ -1,0 +1,89 @@
+"""The learned fusion methods: every one is registered here, in this one module, from a table.
+
+A learned method runs a registered network (`neurofuse.models`) per input dimensionality with
+shipped weights (the model's pretrained configs, `neurofuse.models.pretrained`: `-O pretrained=TAG`
+or `--pair TAG`, else the model's default tag) or a trained file (`-O weights=FILE.safetensors`).
+Registering costs nothing: torch and the models are imported only when a learned method runs, so
+`neurofuse methods` and classical fusion never load them.
+
+Method options: `weights` (a .safetensors file), `pretrained` (a shipped tag), `device` (cpu|cuda),
+`precision` (auto|fp32|bf16, `neurofuse.precision`), `window` (sliding-window size; default 128 for
+3D, whole image in 2D), `overlap` (default 0.25).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from neurofuse.errors import UsageError
+from neurofuse.fusion import register_method
+
+# method name -> ({spatial dims: registered model}, one-line description)
+LEARNED: dict[str, tuple[dict[int, str], str]] = {
+    "clinicalfmamba": (
+        {2: "clinicalfmamba_2d", 3: "clinicalfmamba_3d"},
+        "ClinicalFMamba (CNN + Mamba, MLMI 2025); 2D and 3D (tri-plane scan); -O weights=FILE.safetensors",
+    ),
+    "dmfnet": (
+        {2: "dmfnet_small"},
+        "DM-FNet (He et al., 2025): diffusion-trained UNet features + three-module fusion network; small config",
+    ),
+    "ehdran": (
+        {2: "ehdran_small"},
+        "EH-DRAN (Zhou et al., BIBM 2024): "
+        "edge-enhanced dilated residual attention autoencoder, nuclear-norm feature fusion; small config",
+    ),
+    "lagn": (
+        {2: "lagn_small"},
+        "LAGN (Qu et al., 2025, from the abstract): "
+        "local/global network with a diffusion-generated-image loss; small config",
+    ),
+    "mambadfuse": (
+        {2: "mambadfuse_small"},
+        "MambaDFuse (Li et al., 2024): dual-phase Mamba fusion (channel exchange + M3 blocks); small config",
+    ),
+    "mrscfusion": (
+        {2: "mrscfusion_small"},
+        "MRSCFusion (Xie et al., 2023): multiscale CNN autoencoder with residual Swin-convolution fusion; small config",
+    ),
+    "swinfusion": (
+        {2: "swinfusion_small"},
+        "SwinFusion (Ma et al., 2022): intra/cross-domain shifted-window attention fusion; small config",
+    ),
+}
+
+
+def register_learned_method(method_name: str, models: Mapping[int, str], description: str) -> None:
+    """Register fusion method `method_name` that runs registered model `models[ndim]` on ndim-D input."""
+    names = {int(k): str(v) for k, v in models.items()}
+
+    def fuse_fn(
+        a: np.ndarray,
+        b: np.ndarray,
+        weights: str | None = None,
+        pretrained: str | None = None,
+        device: str = "cpu",
+        precision: str = "auto",
+        window: int | str | None = None,
+        overlap: float | str = 0.25,
+    ) -> np.ndarray:
+        if a.ndim not in names:
+            raise UsageError(f"method {method_name!r} supports {tuple(names)}D input, got {a.ndim}D")
+        from neurofuse.inference import _load_model, fuse_with_model
+
+        model = _load_model(names[a.ndim], None if weights is None else str(weights), pretrained)
+        if window is None and a.ndim == 3:
+            window = 128
+        win = None if window is None else int(window)
+        return fuse_with_model(
+            model, a, b, device=str(device), precision=str(precision), window=win, overlap=float(overlap)
+        )
+
+    fuse_fn.__name__ = f"fuse_{method_name}"
+    register_method(method_name, description, kind="learned", spatial_dims=tuple(names), models=names)(fuse_fn)
+
+
+for _name, (_models, _description) in LEARNED.items():
+    register_learned_method(_name, _models, _description)
