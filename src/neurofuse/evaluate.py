@@ -8,6 +8,7 @@ grid (shape, and for volumes the affine).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ from tqdm import tqdm
 
 from neurofuse.errors import InputError
 from neurofuse.io import Image, check_geometry, normalize01, pair_files, read_image, unit_luma, write_csv, write_text
-from neurofuse.metrics import METRICS, compute_metrics, get_preset
-from neurofuse.metrics.presets import ALL_2D, ALL_3D
+from neurofuse.metrics import METRICS, compute_metrics, compute_metrics_image, get_preset, metric_conventions
+from neurofuse.metrics.presets import ALL_2D, ALL_3D, FLAGS
 
 
 def load01(path: str | Path | Image) -> np.ndarray:
@@ -28,6 +29,14 @@ def load01(path: str | Path | Image) -> np.ndarray:
     if img.spatial_dims == 2:
         return unit_luma(img)
     return normalize01(img.array, name=img.path).astype(np.float64)
+
+
+def load01_color(img: Image) -> np.ndarray:
+    """Like `load01`, but a colour 2D image stays RGB (H, W, 3) in [0, 1] (for the toolbox presets'
+    own colour handling, `neurofuse.metrics.inputs`)."""
+    if img.is_color and img.spatial_dims == 2:
+        return np.clip(img.array.astype(np.float64) / (img.full_scale or 255.0), 0.0, 1.0)
+    return load01(img)
 
 
 def resolve_metrics(metrics: Sequence[str] | str | None, preset: str, ndim: int) -> list[str]:
@@ -50,8 +59,24 @@ def evaluate_triplet(
     images = [read_image(p) for p in (path_a, path_b, path_f)]
     for other in images[1:]:
         check_geometry(images[0], other, hint="evaluate needs A, B and F on one grid")
-    a, b, f = (load01(img) for img in images)
-    return compute_metrics(a, b, f, resolve_metrics(metrics, preset, a.ndim), preset, slicewise)
+    if get_preset(preset).gray == "luma":
+        a, b, f = (load01(img) for img in images)
+        return compute_metrics(a, b, f, resolve_metrics(metrics, preset, a.ndim), preset, slicewise)
+    a, b, f = (load01_color(img) for img in images)
+    ndim = images[0].spatial_dims
+    return compute_metrics_image(a, b, f, resolve_metrics(metrics, preset, ndim), preset, slicewise)
+
+
+def triplet_report(vals: dict[str, float], preset: str, as_json: bool = False) -> str:
+    """One triplet's metrics as text lines (value, direction, convention) or JSON
+    `{"preset", "values", "better", "conventions"}`; flagged metrics (EN_unique) say why."""
+    conv = metric_conventions(list(vals), preset)
+    if as_json:
+        better = {k: METRICS[k].direction for k in vals}
+        return json.dumps({"preset": preset, "values": vals, "better": better, "conventions": conv}, indent=2)
+    width = max(len(k) for k in vals)
+    lines = [f"{k:<{width}}  {v:12.4f}  ({METRICS[k].direction} is better)  {conv[k]}" for k, v in vals.items()]
+    return "\n".join([f"preset {preset}", *lines])
 
 
 def find_triplets(dir_a: str | Path, dir_b: str | Path, dir_f: str | Path) -> list[tuple[str, Path, Path, Path]]:
@@ -96,11 +121,23 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> l
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
-def summary_markdown(table: Sequence[dict], title: str | None = None, digits: int = 4) -> str:
-    """A Markdown table `metric | mean +- std | n | better`."""
+def summary_markdown(
+    table: Sequence[dict], title: str | None = None, digits: int = 4, preset: str | None = None
+) -> str:
+    """A Markdown table `metric | mean +- std | n | better` (plus `convention` when `preset` is given).
+
+    Flagged metrics (EN_unique: not comparable between float and 8-bit outputs) are marked with a dagger
+    and explained under the table.
+    """
     lines = [f"### {title}", ""] if title else []
-    rows = [(r["metric"], f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}", r["n"], r["better"]) for r in table]
-    lines += markdown_table(["metric", "mean ± std", "n", "better"], rows)
+    conv = metric_conventions([r["metric"] for r in table if r["metric"] in METRICS], preset) if preset else {}
+    rows = []
+    for r in table:
+        name = r["metric"] + (" †" if r["metric"] in FLAGS else "")
+        row = [name, f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}", r["n"], r["better"]]
+        rows.append(row + ([conv.get(r["metric"], "").split("; FLAG")[0]] if preset else []))
+    lines += markdown_table(["metric", "mean ± std", "n", "better"] + (["convention"] if preset else []), rows)
+    lines += [f"\n† {m}: {FLAGS[m]}" for m in FLAGS if any(r["metric"] == m for r in table)]
     return "\n".join(lines) + "\n"
 
 
@@ -135,6 +172,6 @@ def evaluate_dirs(
         write_csv(out_csv, rows, ["name", *names])
         write_csv(f"{stem}_summary.csv", table, ["metric", "mean", "std", "n", "better"])
         title = f"{len(rows)} images, preset {preset}: {dir_f}"
-        write_text(f"{stem}_summary.md", summary_markdown(table, title))
+        write_text(f"{stem}_summary.md", summary_markdown(table, title, preset=preset))
         files = [out_csv, Path(f"{stem}_summary.csv"), Path(f"{stem}_summary.md")]
     return Evaluation(rows, table, files)

@@ -51,12 +51,15 @@ def test_cli_triplet_json_and_folders(folders, tmp_path):
     a, b, f = (str(folders[k] / "1.png") for k in "abf")
     res = r.invoke(main, ["evaluate", a, b, f, "--json", "--metrics", "PSNR,SSIM"])
     assert res.exit_code == 0, res.output
-    assert set(json.loads(res.output)) == {"PSNR", "SSIM"}
+    out = json.loads(res.output)
+    assert set(out["values"]) == set(out["conventions"]) == {"PSNR", "SSIM"} and out["preset"] == "standard"
+    assert "sum over sources" in out["conventions"]["SSIM"] and out["better"]["PSNR"] == "higher"
     res = r.invoke(main, ["evaluate", "--a", str(folders["a"]), "--b", str(folders["b"]), "--fused",
                           str(folders["f"]), "--preset", "clinicalfmamba", "-o", str(tmp_path / "r.csv"),
                           "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert "EN_unique" in (tmp_path / "r_summary.md").read_text(encoding="utf-8")
+    md = (tmp_path / "r_summary.md").read_text(encoding="utf-8")
+    assert "| EN_unique † |" in md and "not comparable between float and 8-bit" in md and "| convention |" in md
     res = r.invoke(main, ["evaluate", a, b, f, "--metrics", "BOGUS"])
     assert res.exit_code == 2 and "unknown metric" in res.output
     res = r.invoke(main, ["evaluate", "--a", str(folders["a"])])

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from neurofuse.cli.app import main
 from neurofuse.errors import UsageError
-from neurofuse.evaluate import evaluate_dirs, evaluate_triplet, summary_markdown
-from neurofuse.metrics import METRICS, PRESETS
+from neurofuse.evaluate import evaluate_dirs, evaluate_triplet, summary_markdown, triplet_report
+from neurofuse.metrics import PRESETS
 from neurofuse.metrics.registry import get_metric
 
 
@@ -36,17 +34,12 @@ def evaluate_cmd(triplet, dir_a, dir_b, dir_f, metrics, preset, slicewise, outpu
         if len(triplet) != 3 or dir_a or dir_b or dir_f:
             raise UsageError("give either three files A B F, or --a/--b/--fused folders, not both")
         vals = evaluate_triplet(*triplet, metrics=metrics, preset=preset, slicewise=slicewise)
-        if as_json:
-            click.echo(json.dumps(vals, indent=2))
-            return
-        width = max(len(k) for k in vals)
-        for k, v in vals.items():
-            click.echo(f"{k:<{width}}  {v:12.4f}  ({METRICS[k].direction} is better)")
+        click.echo(triplet_report(vals, preset, as_json))
         return
     if not (dir_a and dir_b and dir_f):
         raise UsageError("missing input: give A B F files, or all of --a, --b and --fused")
     if not output:
         raise UsageError("folders need an output CSV: -o results.csv")
     res = evaluate_dirs(dir_a, dir_b, dir_f, metrics, preset, output, slicewise, progress=not no_progress)
-    click.echo(summary_markdown(res.summary, f"{len(res.rows)} images, preset {preset}"))
+    click.echo(summary_markdown(res.summary, f"{len(res.rows)} images, preset {preset}", preset=preset))
     click.echo("wrote " + ", ".join(str(p) for p in res.files))

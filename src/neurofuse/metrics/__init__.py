@@ -13,7 +13,8 @@ import numpy as np
 
 from neurofuse.errors import InputError, UsageError
 from neurofuse.metrics import fmi, fsim, information, perceptual, statistics, structural, vif  # noqa: F401
-from neurofuse.metrics.presets import PRESETS, Convention, Preset, get_preset
+from neurofuse.metrics.inputs import channel_triplets, is_color, to_gray
+from neurofuse.metrics.presets import FLAGS, PRESETS, Convention, Preset, describe, get_preset
 from neurofuse.metrics.registry import METRICS, MetricSpec, check_triplet, get_metric, register_metric
 
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -86,6 +87,51 @@ def compute_metrics(
     return out
 
 
+def compute_metrics_image(
+    a: np.ndarray,
+    b: np.ndarray,
+    f: np.ndarray,
+    metrics: Sequence[str] | None = None,
+    preset: str = "standard",
+    slicewise: str | None = None,
+) -> dict[str, float]:
+    """`compute_metrics` for images that may be colour ((H, W, 3) RGB in [0, 1], 8-bit files / 255).
+
+    Colour is handled as the preset's toolbox does (`Preset.gray`): converted to gray by its rule, or
+    for `vifb` every metric on each RGB channel (a gray source with every channel) and the mean over
+    channels, except SF, which VIFB computes on the three planes side by side.
+    """
+    p = get_preset(preset)
+    arrs = [np.asarray(x, dtype=np.float64) for x in (a, b, f)]
+    if not any(is_color(x) for x in arrs):
+        return compute_metrics(*arrs, metrics, preset, slicewise)
+    if p.gray != "per_channel":
+        return compute_metrics(*(to_gray(x, p.gray) for x in arrs), metrics, preset, slicewise)
+    chans = channel_triplets(*arrs)
+    names = list(metrics) if metrics is not None else list(p.default_2d)
+    per = [compute_metrics(*t, [m for m in names if m != "SF"], preset, slicewise) for t in chans]
+    out = {}
+    for m in names:
+        if m == "SF":
+            planes = [np.concatenate([t[i] for t in chans], axis=1) for i in range(3)]
+            out[m] = compute_metrics(*planes, ["SF"], preset)["SF"]
+        else:
+            out[m] = float(np.mean([v[m] for v in per]))
+    return out
+
+
+def metric_conventions(names: Sequence[str], preset: str = "standard") -> dict[str, str]:
+    """For each metric name, the one-line convention the preset computes it with (and any flag)."""
+    p = get_preset(preset)
+    out = {}
+    for m in names:
+        text = describe(m, get_metric(m).fn, p.convention(m))
+        if p.gray != "luma":
+            text += f"; colour: {p.gray}"
+        out[m] = text + (f"; FLAG: {FLAGS[m]}" if m in FLAGS else "")
+    return out
+
+
 __all__ = [
     "METRICS",
     "PRESETS",
@@ -93,6 +139,8 @@ __all__ = [
     "MetricSpec",
     "Preset",
     "compute_metrics",
+    "compute_metrics_image",
+    "metric_conventions",
     "get_metric",
     "get_preset",
     "register_metric",

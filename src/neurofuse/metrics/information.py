@@ -76,13 +76,50 @@ def en_unique(a, b, f, unit: str = "bits") -> float:
     "Qu, Zhang & Yan 2002, Electron. Lett. 38(7):313",
     spatial_dims=(2, 3),
 )
-def mi(a, b, f, bins: int = 256, value_range=(0.0, 256.0), unit: str = "bits", how: str = "sum") -> float:
-    """MI of each source with F, combined by `how` ('sum' as Qu et al.; 'mean' optional)."""
+def mi(
+    a, b, f, bins: int = 256, value_range=(0.0, 256.0), unit: str = "bits", how: str = "sum", rescale: bool = False
+) -> float:
+    """MI of each source with F, combined by `how` ('sum' as Qu et al.; 'mean' optional).
+
+    rescale: first min-max each image to 0-255 and round half away from zero (VIFB's metricsMutinf,
+    `int16(x * 255)`); a constant image becomes 0.
+    """
+    if rescale:
+        a, b, f = (_rescale255(x) for x in (a, b, f))
     return combine(
         mutual_information(a, f, bins, value_range, unit)[0],
         mutual_information(b, f, bins, value_range, unit)[0],
         how,
     )
+
+
+def _rescale255(x: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 255], rounded half away from zero (MATLAB int16); constant -> zeros."""
+    x = np.asarray(x, dtype=np.float64)
+    lo, hi = float(x.min()), float(x.max())
+    if hi == lo:
+        return np.zeros_like(x)
+    y = (x - lo) / (hi - lo) * 255.0
+    return np.floor(y + 0.5)
+
+
+@register_metric(
+    "CE",
+    "Cross entropy (mean over sources) of F's 256-bin histogram to each source's, bits, lower better",
+    "VIFB (Zhang, Ye & Xiao 2020) metricsCross_entropy.m",
+    higher_is_better=False,
+    spatial_dims=(2, 3),
+)
+def ce(a, b, f, bins: int = 256, value_range=(0.0, 256.0)) -> float:
+    """(CE(A,F) + CE(B,F)) / 2, CE(S,F) = sum over levels where both are non-zero of p_S log2(p_S / p_F)."""
+
+    def one(s):
+        ps = np.bincount(_bin_index(s, bins, value_range), minlength=bins) / np.asarray(s).size
+        pf = np.bincount(_bin_index(f, bins, value_range), minlength=bins) / np.asarray(f).size
+        m = (ps != 0) & (pf != 0)
+        return float((ps[m] * np.log2(ps[m] / pf[m])).sum())
+
+    return 0.5 * (one(a) + one(b))
 
 
 @register_metric(

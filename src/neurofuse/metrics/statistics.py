@@ -37,10 +37,19 @@ def sd(a, b, f) -> float:
     "Eskicioglu & Fisher 1995, IEEE Trans. Commun. 43(12):2959",
     spatial_dims=(2, 3),
 )
-def sf(a, b, f) -> float:
-    """sqrt(RF^2 + CF^2 (+ SliceF^2)), each the RMS of first differences along one axis."""
+def sf(a, b, f, mean_over: str = "differences") -> float:
+    """sqrt(RF^2 + CF^2 (+ SliceF^2)), each the RMS of first differences along one axis.
+
+    mean_over 'differences': each sum of squared differences over the number of differences;
+    'pixels' (VIFB's metricsSpatial_frequency): over the number of pixels.
+    """
     f = np.asarray(f, dtype=np.float64)
-    return float(np.sqrt(sum(np.mean(np.diff(f, axis=ax) ** 2) for ax in range(f.ndim))))
+    if mean_over not in ("differences", "pixels"):
+        raise UsageError(f"SF mean_over must be 'differences' or 'pixels', got {mean_over!r}")
+    terms = [np.diff(f, axis=ax) ** 2 for ax in range(f.ndim)]
+    if mean_over == "pixels":
+        return float(np.sqrt(sum(t.sum() for t in terms) / f.size))
+    return float(np.sqrt(sum(np.mean(t) for t in terms)))
 
 
 @register_metric(
@@ -49,10 +58,19 @@ def sf(a, b, f) -> float:
     "Cui et al. 2015, Opt. Commun. 341:199",
     spatial_dims=(2, 3),
 )
-def ag(a, b, f) -> float:
-    """Mean over pixels of the RMS of the per-axis gradients of F."""
-    grads = np.gradient(np.asarray(f, dtype=np.float64))
-    return float(np.mean(np.sqrt(sum(g * g for g in grads) / f.ndim)))
+def ag(a, b, f, mean_over: str = "pixels") -> float:
+    """Mean over pixels of the RMS of the per-axis gradients of F.
+
+    mean_over 'pixels': divide the sum by the number of pixels (CDDFuse's Evaluator.AG);
+    'interior' (VIFB's metricsAvg_gradient, Tang's AG_evaluation): by prod(side - 1).
+    """
+    f = np.asarray(f, dtype=np.float64)
+    s = np.sqrt(sum(g * g for g in np.gradient(f)) / f.ndim).sum()
+    if mean_over == "pixels":
+        return float(s / f.size)
+    if mean_over == "interior":
+        return float(s / np.prod([n - 1 for n in f.shape]))
+    raise UsageError(f"AG mean_over must be 'pixels' or 'interior', got {mean_over!r}")
 
 
 @register_metric(
@@ -84,18 +102,58 @@ def psnr_pair(x: np.ndarray, y: np.ndarray, data_range: float) -> float:
     return float("inf") if mse == 0 else float(10.0 * np.log10(data_range**2 / mse))
 
 
+def _vifb_rms(x: np.ndarray, f: np.ndarray) -> float:
+    """VIFB's `mse(a, b)`: sqrt(sum((a - b)^2)) / N (the root of the summed squares over the pixel count)."""
+    return float(np.sqrt(np.sum((x - f) ** 2)) / x.size)
+
+
 @register_metric(
     "PSNR",
     "10 log10(peak^2 / ((MSE(A,F) + MSE(B,F)) / 2)) in dB ('mse_mean'); or mean of the two PSNRs",
     "Jagalingam & Hegde 2015, Aquatic Procedia 4:133; ClinicalFMamba table uses 'psnr_mean'",
     spatial_dims=(2, 3),
 )
-def psnr(a, b, f, data_range: float = 255.0, mode: str = "mse_mean") -> float:
-    """mode 'mse_mean': one PSNR from the mean MSE; 'psnr_mean': mean of PSNR(F,A) and PSNR(F,B)."""
+def psnr(a, b, f, data_range: float | str = 255.0, mode: str = "mse_mean") -> float:
+    """PSNR of F against both sources.
+
+    mode 'mse_mean': one PSNR from the mean MSE; 'psnr_mean': mean of PSNR(F,A) and PSNR(F,B);
+    'vifb': VIFB's metricsPsnr, 20 log10(peak / sqrt(m)) with m the mean over sources of
+    sqrt(SSE)/N (not an MSE). data_range 'max_f': the peak is max(F) (CDDFuse's Evaluator.PSNR).
+    """
+    a, b, f = (np.asarray(x, dtype=np.float64) for x in (a, b, f))
+    peak = float(f.max()) if data_range == "max_f" else float(data_range)
     if mode == "mse_mean":
-        a, b, f = (np.asarray(x, dtype=np.float64) for x in (a, b, f))
         mse = 0.5 * (np.mean((f - a) ** 2) + np.mean((f - b) ** 2))
-        return float("inf") if mse == 0 else float(10.0 * np.log10(data_range**2 / mse))
+        return float("inf") if mse == 0 else float(10.0 * np.log10(peak**2 / mse))
     if mode == "psnr_mean":
-        return 0.5 * (psnr_pair(f, a, data_range) + psnr_pair(f, b, data_range))
-    raise UsageError(f"PSNR mode must be 'mse_mean' or 'psnr_mean', got {mode!r}")
+        return 0.5 * (psnr_pair(f, a, peak) + psnr_pair(f, b, peak))
+    if mode == "vifb":
+        m = 0.5 * (_vifb_rms(a, f) + _vifb_rms(b, f))
+        return float("inf") if m == 0 else float(20.0 * np.log10(peak / np.sqrt(m)))
+    raise UsageError(f"PSNR mode must be 'mse_mean', 'psnr_mean' or 'vifb', got {mode!r}")
+
+
+@register_metric(
+    "MSE",
+    "Mean squared error (MSE(A,F) + MSE(B,F)) / 2",
+    "textbook; Tang's MSE_evaluation (on [0, 1]), CDDFuse's Evaluator.MSE (on 0-255)",
+    higher_is_better=False,
+    spatial_dims=(2, 3),
+)
+def mse(a, b, f) -> float:
+    """Mean over the two sources of the mean squared difference to F."""
+    a, b, f = (np.asarray(x, dtype=np.float64) for x in (a, b, f))
+    return float(0.5 * (np.mean((f - a) ** 2) + np.mean((f - b) ** 2)))
+
+
+@register_metric(
+    "RMSE_vifb",
+    "VIFB's RMSE: mean over sources of sqrt(sum((S - F)^2)) / N (as published; not a root mean square)",
+    "Zhang, Ye & Xiao 2020, VIFB (CVPRW), metricsRmse.m",
+    higher_is_better=False,
+    spatial_dims=(2, 3),
+)
+def rmse_vifb(a, b, f) -> float:
+    """VIFB's metricsRmse value."""
+    a, b, f = (np.asarray(x, dtype=np.float64) for x in (a, b, f))
+    return 0.5 * (_vifb_rms(a, f) + _vifb_rms(b, f))

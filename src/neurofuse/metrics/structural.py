@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from neurofuse.errors import InputError
+from neurofuse.errors import InputError, UsageError
 from neurofuse.metrics.registry import combine, register_metric
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -81,11 +81,30 @@ def ms_ssim_pair(x: np.ndarray, y: np.ndarray, data_range: float, win: int = 11,
     "Wang, Bovik, Sheikh & Simoncelli 2004, IEEE TIP 13(4):600",
     spatial_dims=(2, 3),
 )
-def ssim(a, b, f, data_range: float = 255.0, how: str = "sum", win: int = 11, sigma: float = 1.5) -> float:
-    """SSIM(A,F) and SSIM(B,F) combined by `how`."""
-    return combine(
-        ssim_terms(a, f, data_range, win, sigma)[0], ssim_terms(b, f, data_range, win, sigma)[0], how
-    )
+def ssim(
+    a, b, f, data_range: float = 255.0, how: str = "sum", win: int = 11, sigma: float = 1.5, variant: str = "gaussian"
+) -> float:
+    """SSIM(A,F) and SSIM(B,F) combined by `how`.
+
+    variant 'gaussian': Wang's Gaussian SSIM, mean over the valid region (= VIFB's metricsSsim.m);
+    'skimage_default': scikit-image's structural_similarity with its defaults (7x7 uniform window,
+    sample covariance), as CDDFuse's Evaluator.SSIM calls it (data_range 2: the float default of
+    scikit-image 0.19).
+    """
+    if variant == "gaussian":
+        return combine(
+            ssim_terms(a, f, data_range, win, sigma)[0], ssim_terms(b, f, data_range, win, sigma)[0], how
+        )
+    if variant == "skimage_default":
+        from skimage.metrics import structural_similarity
+
+        f = np.asarray(f, dtype=np.float64)
+        return combine(
+            float(structural_similarity(f, np.asarray(a, dtype=np.float64), data_range=data_range)),
+            float(structural_similarity(f, np.asarray(b, dtype=np.float64), data_range=data_range)),
+            how,
+        )
+    raise UsageError(f"SSIM variant must be 'gaussian' or 'skimage_default', got {variant!r}")
 
 
 @register_metric(
@@ -115,24 +134,19 @@ def _sobel_strength_angle(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _edge_preservation(gs, angs, gf, angf) -> np.ndarray:
-    """Petrovic's Q^{SF} map: sigmoid-weighted strength and orientation preservation."""
+    """Petrovic's Q^{SF} map: sigmoid-weighted strength and orientation preservation.
+
+    The strength ratio is min/max, and where the two strengths are equal it is the strength value
+    itself (0 where both are 0), as every reference implementation writes it (Xydeas & Petrovic's
+    Qabf as in VIFB's metricsQabf.m, Tang's analysis_Qabf.m and CDDFuse's Evaluator.Qabf).
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(gs > gf, gf / gs, gs / gf)
-    ratio = np.where((gs == 0) & (gf == 0), 0.0, ratio)
+    ratio = np.where(gs == gf, gf, ratio)
     orient = 1.0 - np.abs(angs - angf) / (np.pi / 2)
     qg = 0.9994 / (1.0 + np.exp(-15.0 * (ratio - 0.5)))
     qa = 0.9879 / (1.0 + np.exp(-22.0 * (orient - 0.8)))
     return qg * qa
-
-
-def _qabf_parts(a, b, f):
-    ga, aa = _sobel_strength_angle(a)
-    gb, ab = _sobel_strength_angle(b)
-    gf, af = _sobel_strength_angle(f)
-    den = float((ga + gb).sum())
-    if den == 0:
-        raise InputError("Qabf/Nabf undefined: both sources have no edges (constant images)")
-    return ga, gb, gf, _edge_preservation(ga, aa, gf, af), _edge_preservation(gb, ab, gf, af), den
 
 
 @register_metric(
@@ -140,20 +154,101 @@ def _qabf_parts(a, b, f):
     "Edge information transferred from A and B to F (Sobel strength and orientation), in [0, 1]",
     "Xydeas & Petrovic 2000, Electron. Lett. 36(4):308",
 )
-def qabf(a, b, f) -> float:
-    """sum(Q^AF w_A + Q^BF w_B) / sum(w_A + w_B) with w = Sobel strength (L = 1)."""
-    ga, gb, _, qaf, qbf, den = _qabf_parts(a, b, f)
+def qabf(a, b, f, strength_scale: float = 1.0) -> float:
+    """sum(Q^AF w_A + Q^BF w_B) / sum(w_A + w_B) with w = Sobel strength (L = 1), zero padding.
+
+    strength_scale multiplies the images first; it only matters where a source's and F's strengths
+    are equal (VIFB's metricsQabf works on 255 x the 8-bit levels).
+    """
+    a, b, f = (np.asarray(x, dtype=np.float64) * strength_scale for x in (a, b, f))
+    ga, aa = _sobel_strength_angle(a)
+    gb, ab = _sobel_strength_angle(b)
+    gf, af = _sobel_strength_angle(f)
+    den = float((ga + gb).sum())
+    if den == 0:
+        raise InputError("Qabf undefined: both sources have no edges (constant images)")
+    qaf, qbf = _edge_preservation(ga, aa, gf, af), _edge_preservation(gb, ab, gf, af)
     return float((qaf * ga + qbf * gb).sum() / den)
 
 
-@register_metric(
-    "Nabf",
-    "Fusion artefacts: edge loss where F's edges exceed both sources' (modified N^{AB/F}), lower better",
-    "Kumar 2013, Signal Image Video Process. 7(6):1125 (modified Petrovic & Xydeas 2005)",
-    higher_is_better=False,
+# Petrovic & Xydeas 2005 objective fusion performance (QABF, LABF, NABF) with B. K. Shreyamsha Kumar's
+# modified artefact measure: Kumar's objective_fusion_perform_fn conventions (Sobel / 8 on a mirrored
+# border, weights g^1.5 above strength 2 else 0.001, sqrt of the strength and orientation terms).
+_P05 = {"td": 2.0, "wt_min": 0.001, "lg": 1.5, "nrg": 0.9999, "kg": 19.0, "sg": 0.5, "nra": 0.9995, "ka": 22.0,
+        "sa": 0.5}
+_SOBEL8_V = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+
+
+def _p05_edges(x: np.ndarray):
+    x = np.asarray(x, dtype=np.float64)
+    gv = ndimage.correlate(x, _SOBEL8_V, mode="mirror")
+    gh = ndimage.correlate(x, _SOBEL8_V.T, mode="mirror")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ang = np.where((gv == 0) & (gh == 0), 0.0, np.arctan(gv / gh))
+    return np.sqrt(gh * gh + gv * gv), ang
+
+
+def _p05_q(gs, angs, gf, angf):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = np.where((gs == 0) | (gf == 0), 0.0, np.where(gs > gf, gf / gs, gs / gf))
+    ang = np.abs(np.abs(angs - angf) - np.pi / 2) * 2 / np.pi
+    qg = _P05["nrg"] / (1 + np.exp(-_P05["kg"] * (g - _P05["sg"])))
+    qa = _P05["nra"] / (1 + np.exp(-_P05["ka"] * (ang - _P05["sa"])))
+    return np.sqrt(qg * qa)
+
+
+def petrovic2005(a, b, f) -> dict[str, float]:
+    """Petrovic's QABF, LABF, NABF and Kumar's modified NABF of F from sources A and B (0-255 scale)."""
+    (ga, aa), (gb, ab), (gf, af) = (_p05_edges(x) for x in (a, b, f))
+    qaf, qbf = _p05_q(ga, aa, gf, af), _p05_q(gb, ab, gf, af)
+    wa = np.where(ga >= _P05["td"], ga ** _P05["lg"], _P05["wt_min"])
+    wb = np.where(gb >= _P05["td"], gb ** _P05["lg"], _P05["wt_min"])
+    wsum = float((wa + wb).sum())
+    art = (gf > ga) & (gf > gb)
+    return {
+        "QABF": float((qaf * wa + qbf * wb).sum() / wsum),
+        "LABF": float((~art * ((1 - qaf) * wa + (1 - qbf) * wb)).sum() / wsum),
+        "NABF": float((art * (2 - qaf - qbf) * (wa + wb)).sum() / wsum),
+        "NABF_kumar": float((art * ((1 - qaf) * wa + (1 - qbf) * wb)).sum() / wsum),
+    }
+
+
+_NABF_VARIANTS = (
+    ("Nabf", "NABF", False,
+     "Petrovic's fusion artefacts N^{AB/F}: sum over pixels where F's edges exceed both sources' of "
+     "(2 - Q^AF - Q^BF)(w_A + w_B), over sum(w_A + w_B); lower better",
+     "Petrovic & Xydeas 2005, IEEE ICCV Workshop (objective fusion performance); NABF1 of Kumar's code"),
+    ("Nabf_kumar", "NABF_kumar", False,
+     "Kumar's modified artefacts: sum(AM [(1-Q^AF) w_A + (1-Q^BF) w_B]) / sum(w_A + w_B), AM where g_F > "
+     "g_A and g_F > g_B; lower better",
+     "Kumar 2013, Signal Image Video Process. 7(6):1125; Tang's analysis_nabf.m called as analysis_nabf(F, A, B)"),
+    ("Nabf_tang_asrun", "NABF_kumar", True,
+     "Tang's toolbox as it runs: analysis_Reference calls analysis_nabf(A, B, F) whose signature is "
+     "(fused, I1, I2), so A is taken as the fused image: Nabf_kumar with sources B, F and fused A",
+     "Tang et al. (SeAFusion) Evaluation-for-Image-Fusion, analysis_Reference.m -> analysis_nabf.m"),
 )
-def nabf(a, b, f) -> float:
-    """sum(AM [(1-Q^AF) w_A + (1-Q^BF) w_B]) / sum(w_A + w_B), AM = 1 where g_F > g_A and g_F > g_B."""
-    ga, gb, gf, qaf, qbf, den = _qabf_parts(a, b, f)
-    am = (gf > ga) & (gf > gb)
-    return float((am * ((1 - qaf) * ga + (1 - qbf) * gb)).sum() / den)
+
+
+def _register_nabf(name: str, key: str, asrun: bool, definition: str, reference: str) -> None:
+    def fn(a, b, f) -> float:
+        return petrovic2005(b, f, a)[key] if asrun else petrovic2005(a, b, f)[key]
+
+    fn.__doc__ = f"{definition} ({reference})."
+    register_metric(name, definition, reference, higher_is_better=False)(fn)
+
+
+for _variant in _NABF_VARIANTS:
+    _register_nabf(*_variant)
+
+
+@register_metric(
+    "EI",
+    "Edge intensity: mean Sobel gradient magnitude of F (fspecial('sobel'), replicated border)",
+    "VIFB (Zhang, Ye & Xiao 2020) metricsEdge_intensity.m",
+)
+def ei(a, b, f) -> float:
+    """mean(sqrt(gx^2 + gy^2)) of F, Sobel by correlation with a replicated border."""
+    f = np.asarray(f, dtype=np.float64)
+    gx = ndimage.correlate(f, _SOBEL_Y, mode="nearest")
+    gy = ndimage.correlate(f, _SOBEL_Y.T, mode="nearest")
+    return float(np.mean(np.hypot(gx, gy)))
