@@ -105,6 +105,7 @@ def run_benchmark(
             fuse(*inputs[0], name, **opts)  # warm-up (also loads weights), not timed
         except NeurofuseError as exc:  # no shipped weights for this pair set: skipped, listed as such
             if m.kind == "classical" or set(method_options or {}) - {"device", "precision"}:
+                bar.close()
                 raise  # the user's own weights/options failed: an error, not a skip
             res.skipped = str(exc)
             results.append(res)

@@ -146,13 +146,12 @@ def normalize01(
             )
         raise InputError(f"{where}image is constant (empty): cannot normalise")
     out = np.empty(a.shape, dtype=np.float32)
-    scale = 1.0 / (hi - lo)
     small = max(abs(lo), abs(hi)) < 1e37
     if (a.dtype == np.float32 and small) or (a.dtype.kind in "uib" and a.dtype.itemsize <= 2):  # half the memory
         np.subtract(a, np.float32(lo), out=out, dtype=np.float32)
-        np.multiply(out, np.float32(scale), out=out)
-    else:
-        out[...] = (a.astype(np.float64) - lo) * scale
+        np.multiply(out, np.float32(1.0 / (hi - lo)), out=out)
+    else:  # float64, halved so that a range near float64's limits does not overflow
+        out[...] = (a.astype(np.float64) * 0.5 - lo * 0.5) / (hi * 0.5 - lo * 0.5)
     if clip_percentiles is not None:
         np.clip(out, 0.0, 1.0, out=out)
     return out
@@ -394,10 +393,11 @@ def rgb255(img: Image) -> np.ndarray:
 
 
 def luma(img: Image) -> np.ndarray:
-    """Gray values in native units, or the Y channel of a colour image on the [0, 255] scale, as float32."""
+    """Gray values in native units, or the Y channel of a colour image on the [0, 255] scale, as float32
+    (float64 gray stays float64: its values may lie beyond float32's range)."""
     if img.is_color:
         return rgb_to_ycbcr(rgb255(img))[..., 0].astype(np.float32)
-    return img.array.astype(np.float32)
+    return img.array if img.array.dtype == np.float64 else img.array.astype(np.float32)
 
 
 def unit_luma(img: Image) -> np.ndarray:
@@ -486,7 +486,10 @@ def load_pair(path_a: str | Path, path_b: str | Path, resample: bool = False) ->
         if not resample or a.spatial_dims != b.spatial_dims:
             raise
         b = resample_to(b, a)
-        check_finite_nonconstant(b.array, b.path)
+        if np.ptp(b.array) == 0:
+            value = float(b.array.flat[0])
+            raise InputError(f"{b.path}: resampled onto the grid of {a.path} it is constant ({value:g}): the two "
+                             "fields of view do not overlap") from None
     return a, b
 
 

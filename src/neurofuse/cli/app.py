@@ -34,8 +34,24 @@ def _sigterm_unwinds():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _one_line_usage(exc: click.ClickException, command_path: str) -> None:
+    click.echo(f"error: {exc.format_message()} (see `{command_path} --help`)", err=True)
+    sys.exit(exc.exit_code)
+
+
 class _App(click.Group):
     """Turns NeurofuseError into `error: <message>` and its exit code (2 usage, 1 runtime)."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        """Errors in the top-level flags (`neurofuse --bogus`) are one line as well."""
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # plain `neurofuse`: the help text
+        except click.ClickException as exc:
+            if "--debug" in args:
+                raise
+            _one_line_usage(exc, info_name or "neurofuse")
 
     def invoke(self, ctx: click.Context):
         try:
@@ -49,7 +65,13 @@ class _App(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit):
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.ClickException as exc:  # bad flags or arguments: one line too, with where to look
+            if ctx.meta.get("neurofuse.debug"):
+                raise
+            _one_line_usage(exc, exc.ctx.command_path if getattr(exc, "ctx", None) is not None else ctx.command_path)
+        except (click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from neurofuse.cli.app import main
+
+if TYPE_CHECKING:
+    from neurofuse.train import TrainConfig
 from neurofuse.errors import InputError
 from neurofuse.io import check_output_folder
-from neurofuse.train import TrainConfig, export_fp16, train
 
 
 def resolve_config(config: str | None, resume: bool, overrides: dict[str, Any]) -> TrainConfig:
     """Defaults < YAML (`--config`, or `<out>/config.yaml` when resuming without one) < flags that were given."""
+    from neurofuse.train import TrainConfig
+
     given = {k: v for k, v in overrides.items() if v is not None}
     if resume:
         given["resume"] = True
@@ -28,6 +32,20 @@ def resolve_config(config: str | None, resume: bool, overrides: dict[str, Any]) 
 
 _POS_INT = click.IntRange(min=1)
 _POS_FLOAT = click.FloatRange(min=0, min_open=True)
+
+
+def check_state_readable(state: Path) -> None:
+    """InputError naming the file if a training state to resume from cannot be loaded (cut short, foreign)."""
+    if not state.is_file():
+        return  # train() says there is nothing to resume
+    import torch
+
+    try:
+        torch.load(state, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip/pickle/OS errors of many types for a damaged file
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{state}: unreadable training state ({reason}); restore it, or delete it and train "
+                         "without --resume") from None
 
 
 @main.command("train")
@@ -52,24 +70,25 @@ _POS_FLOAT = click.FloatRange(min=0, min_open=True)
 @click.option("--val-limit", "val_limit", type=_POS_INT, help="Validate on the first N val items only (budget).")
 @click.option("--stage", help="Training stage of a multi-stage model (see its training_stages).")
 @click.option("--init", type=click.Path(dir_okay=False), help="Initial weights (safetensors), e.g. stage 1's best.")
+@click.option("--continue-from", "continue_from", type=click.Path(),
+              help="A committed snapshot (folder or progress.json): its weights and schedule position.")
+@click.option("--snapshot-to", "snapshot_to", type=click.Path(file_okay=False),
+              help="When training stops, write a committable snapshot here (float16 weights, progress.json, log).")
 @click.option("--export-fp16", "export_path", type=click.Path(dir_okay=False),
               help="After training, write the best weights as float16 safetensors here.")
-def train_cmd(config: str | None, resume: bool, export_path: str | None, **overrides: Any) -> None:
+def train_cmd(config: str | None, resume: bool, export_path: str | None, snapshot_to: str | None,
+              **overrides: Any) -> None:
     """Train a fusion model; checkpoints, log.csv and config.yaml go to --out.
 
     Multi-process: `torchrun --nproc_per_node N -m neurofuse train ...` (gloo on CPU, nccl on CUDA).
     """
+    from neurofuse.train import export_fp16, train, write_snapshot
+
     cfg = resolve_config(config, resume, overrides)
     check_output_folder(cfg.out, create=False)
-    try:
-        result = train(cfg)
-    except RuntimeError as exc:  # torch.load of a training state cut short (killed while copying it, disk full)
-        if not (cfg.resume and ("PytorchStreamReader" in str(exc) or "zip archive" in str(exc))):
-            raise
-        state = Path(cfg.out) / "last_state.pt"
-        reason = str(exc).strip().splitlines()[0]
-        raise InputError(f"{state}: unreadable training state ({reason}); restore it, or delete it and train "
-                         "without --resume") from None
+    if cfg.resume:
+        check_state_readable(Path(cfg.out) / "last_state.pt")
+    result = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     best = "none" if result.best_val_loss is None else f"{result.best_val_loss:.5f}"
@@ -77,3 +96,5 @@ def train_cmd(config: str | None, resume: bool, export_path: str | None, **overr
     if export_path is not None:
         src = result.out / "best.safetensors"
         click.echo(f"exported {export_fp16(src if src.is_file() else result.out / 'last.safetensors', export_path)}")
+    if snapshot_to is not None:
+        click.echo(f"snapshot in {write_snapshot(result.out, snapshot_to)}")
