@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -193,3 +194,43 @@ def test_fuse_axial_handles_empty_slices():
     np.testing.assert_array_equal(out[:, :, 1], a[:, :, 1])  # FLAIR empty: T2 alone
     np.testing.assert_allclose(out[:, :, 2], (a[:, :, 2] + b[:, :, 2]) / 2, atol=1e-6)
     np.testing.assert_array_equal(out[:, :, 3], b[:, :, 3])
+
+
+def test_fuse_brats_runs_learned_methods_with_pair_and_options(tmp_path: Path):
+    """Regression: `fuse-brats --dims 2|both --method clinicalfmamba` failed on every case (no --pair/-O,
+    and the 2D model ships three weight files); now --pair picks the 2D weights (default: the first tag)."""
+    from neurofuse.synthetic import SynthConfig, write_cohort
+
+    root = write_cohort(tmp_path / "syn", SynthConfig(cases=2, size=16), progress=False)
+    shutil.rmtree(discover(root)[1].path("t2").parent)  # one case is enough
+    out = tmp_path / "out"
+    runner = CliRunner()
+    base = ["fuse-brats", str(root), "-o", str(out), "--method", "clinicalfmamba", "--dims", "both"]
+    res = runner.invoke(main, base)
+    assert res.exit_code == 0 and "1 done, 0 skipped, 0 failed" in res.output, res.output
+    (case,) = [p for p in out.iterdir() if p.is_dir()]
+    default = np.asarray(nib.load(str(case / f"{case.name}_fused-clinicalfmamba-2d.nii.gz")).dataobj)
+    assert (case / f"{case.name}_fused-clinicalfmamba-3d.nii.gz").is_file()
+    res = runner.invoke(main, [*base[:-1], "2", "--pair", "spect-mri", "--overwrite"])
+    assert res.exit_code == 0 and "1 done" in res.output, res.output
+    spect = np.asarray(nib.load(str(case / f"{case.name}_fused-clinicalfmamba-2d.nii.gz")).dataobj)
+    assert default.shape == spect.shape and not np.allclose(default, spect)  # other weights, other result
+    res = runner.invoke(main, ["fuse-brats", str(root), "-o", str(out), "--method", "dwt", "-O", "wavelet=haar"])
+    assert res.exit_code == 0 and "1 done" in res.output, res.output
+    res = runner.invoke(main, ["fuse-brats", str(root), "-o", str(out), "--method", "dwt", "-O", "wavelet=nope",
+                               "--overwrite"])
+    assert res.exit_code == 1 and "unknown discrete wavelet" in res.output
+
+
+def test_discover_every_real_layout(data_dir: Path):
+    """All 15 real T2/FLAIR volumes of the development data: 2012 converted, 2019 training and
+    validation, 2021, 2023 GLI and MET, found through the one discovery with their grades where known."""
+    from neurofuse.brats import discover
+
+    cases = {c.id: c for c in discover(data_dir, require=("t2", "flair"))}
+    assert len(cases) == 15
+    assert cases["BRATS_HG0015"].grade == "HGG"  # from the 2012 name
+    assert cases["BraTS19_CBICA_ASK_1"].grade == "HGG" and cases["BraTS19_TCIA10_130_1"].grade == "LGG"
+    assert cases["BraTS19_TCIA10_311_1"].grade is None  # validation: grade not published
+    assert cases["BraTS-GLI-00001-000"].layout == "2023" and cases["BraTS2021_00000"].paths["seg"].is_file()
+    assert sum(c.id.startswith("BraTS2021_") for c in cases.values()) == 8

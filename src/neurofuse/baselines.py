@@ -11,8 +11,6 @@ intensity), keep the larger-magnitude coefficient in every detail band (it carri
 from __future__ import annotations
 
 import numpy as np
-import pywt
-from scipy import ndimage
 
 from neurofuse.errors import UsageError
 from neurofuse.fusion import register_method
@@ -65,6 +63,8 @@ def fuse_dwt(
     a: np.ndarray, b: np.ndarray, wavelet: str = "db2", levels: int | None = None, mode: str = "symmetric"
 ) -> np.ndarray:
     """`levels` defaults to 3 (fewer when the input is too small for 3)."""
+    import pywt
+
     if not isinstance(wavelet, str) or wavelet not in pywt.wavelist(kind="discrete"):
         raise UsageError(f"unknown discrete wavelet {wavelet!r} (e.g. haar, db2, sym4, bior2.2)")
     if mode not in pywt.Modes.modes:
@@ -83,6 +83,8 @@ _BINOMIAL5 = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
 
 
 def _blur(x: np.ndarray, gain: float = 1.0) -> np.ndarray:
+    from scipy import ndimage  # here, not at import: listing methods and `average` stay cheap
+
     for ax in range(x.ndim):
         x = ndimage.convolve1d(x, _BINOMIAL5 * gain, axis=ax, mode="reflect")
     return x

@@ -192,3 +192,31 @@ def fuse_files(path_a: str | Path, path_b: str | Path, out: str | Path, opts: Fu
     check_output(out, a.spatial_dims, opts.overwrite, (path_a, path_b))
     fused = fuse_images(a, b, opts, out, **method_options)
     return write_image(out, fused, reference=a, bit_depth=opts.bit_depth, dtype=opts.dtype, overwrite=opts.overwrite)
+
+
+def brats_outputs(out: Path, case_id: str, method: str, dims: tuple[int, ...]) -> dict[int, Path]:
+    """OUT/<ID>/<ID>_fused-<method>-<d>d.nii.gz for each requested dims (`neurofuse fuse-brats`)."""
+    return {d: out / case_id / f"{case_id}_fused-{method}-{d}d.nii.gz" for d in dims}
+
+
+def fuse_brats_case(case, targets: dict[int, Path], method: str, clip_percentiles: tuple[float, float] | None = None,
+                    overwrite: bool = False, pair: str | None = None, **method_options) -> None:
+    """Normalise a BraTS case's T2 and FLAIR to [0, 1] (brain voxels) and write their 2D (axial slices) and/or
+    3D fusion with T2's geometry. `pair` picks the shipped 2D weights of a learned method (the 2D models
+    ship several; default: the model's first tag); `method_options` go to both."""
+    from neurofuse.brats import load_volume, normalize_volume
+    from neurofuse.fusion import fuse_axial
+
+    t2, t2_img = load_volume(case.path("t2"))
+    flair, _ = load_volume(case.path("flair"))
+    if t2.shape != flair.shape:
+        raise UsageError(f"{case.path('flair')}: shape {flair.shape} differs from T2 {t2.shape}")
+    a, b = normalize_volume(t2, clip_percentiles), normalize_volume(flair, clip_percentiles)
+    for d, path in targets.items():
+        if d == 2:
+            opts2 = learned_options(method, (case.path("t2"),), pair, method_options)
+            fused = fuse_axial(a, b, method, **opts2)
+        else:
+            fused = fuse(a, b, method, **method_options)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_image(path, fused, reference=t2_img, overwrite=overwrite)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
-from neurofuse.benchmark import PRESETS, run_benchmark
 from neurofuse.cli.app import main
 from neurofuse.cli.fuse import method_options
 from neurofuse.io import check_output_folder
+
+PRESETS = ("clinicalfmamba", "standard")  # = neurofuse.benchmark.PRESETS (tested); that module loads torch
 
 
 @main.command("benchmark")
@@ -34,6 +35,8 @@ from neurofuse.io import check_output_folder
 def benchmark_cmd(data, split, methods, out, limit, grid_rows, presets, device, precision, options):
     """Run METHODS on a split of a Harvard-layout pair folder; write CSV/Markdown tables and PNG figures."""
     check_output_folder(out, create=False)
+    from neurofuse.benchmark import run_benchmark
+
     results = run_benchmark(
         data,
         out,

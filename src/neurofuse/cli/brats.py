@@ -6,33 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
-from neurofuse.brats import BratsCase, discover, load_volume, normalize_volume
 from neurofuse.cli.app import main
 from neurofuse.errors import NeurofuseError, UsageError
-from neurofuse.fusion import fuse, fuse_axial, get_method
-from neurofuse.io import write_image
-from neurofuse.synthetic import SynthConfig, write_cohort
-
-
-def output_paths(out: Path, case: BratsCase, method: str, dims: tuple[int, ...]) -> dict[int, Path]:
-    """OUT/<ID>/<ID>_fused-<method>-<d>d.nii.gz for each requested dims."""
-    return {d: out / case.id / f"{case.id}_fused-{method}-{d}d.nii.gz" for d in dims}
-
-
-def fuse_case(case: BratsCase, targets: dict[int, Path], method: str,
-              clip_percentiles: tuple[float, float] | None, overwrite: bool) -> None:
-    """Normalise T2 and FLAIR to [0, 1] (brain voxels) and write their 2D and/or 3D fusion with T2's geometry."""
-    t2, t2_img = load_volume(case.path("t2"))
-    flair, _ = load_volume(case.path("flair"))
-    if t2.shape != flair.shape:
-        raise UsageError(f"{case.path('flair')}: shape {flair.shape} differs from T2 {t2.shape}")
-    a, b = normalize_volume(t2, clip_percentiles), normalize_volume(flair, clip_percentiles)
-    for d, path in targets.items():
-        fused = fuse_axial(a, b, method) if d == 2 else fuse(a, b, method)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_image(path, fused, reference=t2_img, overwrite=overwrite)
 
 
 @main.command("fuse-brats")
@@ -45,13 +21,26 @@ def fuse_case(case: BratsCase, targets: dict[int, Path], method: str,
 @click.option("--clip-percentiles", nargs=2, type=float, default=(0.5, 99.5), show_default=True,
               help="Brain intensity percentiles mapped to 0 and 1 before fusion.")
 @click.option("--overwrite", is_flag=True, help="Recompute outputs that already exist (default: skip them).")
+@click.option("--pair", default=None,
+              help="Shipped 2D weights of a learned method for --dims 2 (ct-mri, spect-mri, pet-mri; default: "
+                   "the model's first tag).")
+@click.option("--option", "-O", "options", multiple=True, metavar="KEY=VALUE",
+              help="Method option, e.g. -O weights=model.safetensors -O levels=3.")
 def fuse_brats(root: Path, out: Path, method: str, dims: str, clip_percentiles: tuple[float, float],
-               overwrite: bool) -> None:
+               overwrite: bool, pair: str | None, options: tuple[str, ...]) -> None:
     """Fuse T2 and FLAIR of every BraTS case under ROOT (any layout level); resumable.
 
     Writes OUT/<ID>/<ID>_fused-<METHOD>-<2|3>d.nii.gz with the T2 volume's affine and header; cases whose
     outputs exist are skipped unless --overwrite. A failing case is reported and the rest go on.
     """
+    from tqdm import tqdm
+
+    from neurofuse.brats import discover
+    from neurofuse.cli.fuse import method_options
+    from neurofuse.fusion import get_method
+    from neurofuse.pipeline import brats_outputs, fuse_brats_case
+
+    mopts = method_options(options)
     dim_list = (2, 3) if dims == "both" else (int(dims),)
     m = get_method(method)
     for d in dim_list:
@@ -61,13 +50,13 @@ def fuse_brats(root: Path, out: Path, method: str, dims: str, clip_percentiles: 
     out.mkdir(parents=True, exist_ok=True)
     done, skipped, failed = 0, 0, []
     for case in tqdm(cases, desc=f"fuse-brats {method}", unit="case"):
-        targets = output_paths(out, case, method, dim_list)
+        targets = brats_outputs(out, case.id, method, dim_list)
         todo = targets if overwrite else {d: p for d, p in targets.items() if not p.exists()}
         if not todo:
             skipped += 1
             continue
         try:
-            fuse_case(case, todo, method, clip_percentiles, overwrite)
+            fuse_brats_case(case, todo, method, clip_percentiles, overwrite, pair, **mopts)
             done += 1
         except NeurofuseError as exc:
             failed.append(f"{case.id}: {exc}")
@@ -90,6 +79,8 @@ def fuse_brats(root: Path, out: Path, method: str, dims: str, clip_percentiles: 
 def synth_brats(out: Path, cases: int, size: int, effect: float, seed: int, hgg_fraction: float,
                 shuffle_labels: bool, overwrite: bool) -> None:
     """Write a synthetic graded glioma cohort to OUT/MICCAI_BraTS_2019_Data_Training (BraTS 2019 layout)."""
+    from neurofuse.synthetic import SynthConfig, write_cohort
+
     cfg = SynthConfig(cases, size, effect, seed, hgg_fraction, shuffle_labels)
     root = write_cohort(out, cfg, overwrite=overwrite)
     click.echo(f"synth-brats: {cases} cases ({size}^3, effect {effect}) -> {root}")

@@ -6,10 +6,7 @@ import time
 from pathlib import Path
 
 import click
-import torch
 
-from neurofuse.brats import PreprocessConfig, discover
-from neurofuse.classify import DataConfig, TrainConfig, cross_validate, parse_input, write_reports
 from neurofuse.cli.app import main
 from neurofuse.cli.fuse import method_options
 from neurofuse.errors import InputError, UsageError
@@ -50,6 +47,11 @@ def classify(root: Path, inputs: tuple[str, ...], dims: str, folds: int, repeats
              cache: Path | None, out: Path) -> None:
     """HGG vs LGG with a small ResNet per input variant; writes the table (CSV + Markdown), out-of-fold
     predictions and ROC curves (PNG) to OUT."""
+    import torch
+
+    from neurofuse.brats import PreprocessConfig, discover
+    from neurofuse.classify import DataConfig, TrainConfig, cross_validate, parse_input, write_reports
+
     for v in inputs:
         parse_input(v)
     cases = discover(root, require=("t2", "flair"))

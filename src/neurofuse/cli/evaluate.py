@@ -5,10 +5,14 @@ from __future__ import annotations
 import click
 
 from neurofuse.cli.app import main
+from neurofuse.cli.lazy import LazyChoice
 from neurofuse.errors import UsageError
-from neurofuse.evaluate import evaluate_dirs, evaluate_triplet, summary_markdown, triplet_report
-from neurofuse.metrics import PRESETS
-from neurofuse.metrics.registry import get_metric
+
+
+def _presets() -> list[str]:
+    from neurofuse.metrics import PRESETS
+
+    return sorted(PRESETS)
 
 
 @main.command("evaluate")
@@ -17,7 +21,7 @@ from neurofuse.metrics.registry import get_metric
 @click.option("--b", "dir_b", type=click.Path(), help="Folder of source B images (same file names).")
 @click.option("--fused", "dir_f", type=click.Path(), help="Folder of fused images (same file names).")
 @click.option("--metrics", default=None, help="Comma-separated metric names, or 'all' (default: the preset's list).")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="standard", show_default=True)
+@click.option("--preset", type=LazyChoice(_presets), default="standard", show_default=True)
 @click.option("--slicewise", type=click.Choice(["axial", "coronal", "sagittal"]), default=None,
               help="For volumes: compute 2D-only metrics as the mean over these slices.")
 @click.option("-o", "--output", type=click.Path(), help="Per-image CSV (folders); summaries are written beside it.")
@@ -25,6 +29,9 @@ from neurofuse.metrics.registry import get_metric
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def evaluate_cmd(triplet, dir_a, dir_b, dir_f, metrics, preset, slicewise, output, as_json, no_progress) -> None:
     """Fusion metrics: `evaluate A B F` for one triplet, or `--a DIR --b DIR --fused DIR -o results.csv`."""
+    from neurofuse.evaluate import evaluate_dirs, evaluate_triplet, summary_markdown, triplet_report
+    from neurofuse.metrics.registry import get_metric
+
     if metrics:
         names = [m.strip() for m in metrics.split(",") if m.strip()]
         for m in names:
