@@ -36,6 +36,7 @@ _SUFFIX_2019 = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "seg":
 _SUFFIX_2023 = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair", "seg": "seg"}
 _NII = re.compile(r"^(?P<id>.+?)(?P<sep>[_-])(?P<mod>[a-z0-9]+)\.nii(\.gz)?$")
 _MAX_DEPTH = 4
+_BRATS_2012 = re.compile(r"^BRATS_(?P<grade>HG|LG)\d+$")
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,8 @@ def discover(root: str | Path, require: Sequence[str] = ()) -> list[BratsCase]:
         dirnames.clear()
         paths, layout = got
         grade = folder.parent.name.upper() if folder.parent.name.upper() in GRADES else mapping.get(folder.name)
+        if grade is None and (m := _BRATS_2012.match(folder.name)):  # BRATS 2012 names carry the grade
+            grade = f"{m['grade']}G"
         if folder.name in cases:
             raise InputError(f"{folder}: case id {folder.name} appears twice under {root}")
         cases[folder.name] = BratsCase(folder.name, grade, paths, layout)

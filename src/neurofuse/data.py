@@ -74,7 +74,11 @@ class _PairDataset(Dataset):
 
     def __init__(self, crop: int | None, augment: bool, seed: int) -> None:
         self.crop = crop
+        self._clamp_crop = False
         self.augment = augment
+        # Intensity augmentation (set by the trainer): robustness to the normalisation a user's inputs get
+        # (whole-volume min-max puts the brain lower than brain percentiles do when there are hot voxels).
+        self.gain_jitter = 0.0
         self.seed = seed
         self.epoch = 0
         self.ids: list[str] = []
@@ -85,8 +89,19 @@ class _PairDataset(Dataset):
         """Select the augmentation draws of `epoch` (deterministic per epoch and item)."""
         self.epoch = epoch
 
+    def set_crop(self, side: int | None) -> None:
+        """Train on crops of `side` from now on (growing-crop schedules); a side the image does not
+        exceed on any axis means the whole image, a side larger than one axis is cut to that axis."""
+        self.crop = side
+        self._clamp_crop = True
+
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """Spatial shape of the first whole (uncropped) item."""
+        return tuple(self._a[0].shape)
 
     def _arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The cached pair of item `index` as float32 in [0, 1]."""
@@ -94,8 +109,15 @@ class _PairDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         a, b = self._arrays(index)
-        if self.crop is not None or self.augment:
-            a, b = _augment([a, b], self.crop, self.augment, _rng(self.seed, self.epoch, index))
+        crop = self.crop
+        if crop is not None and self._clamp_crop:
+            crop = None if all(s <= crop for s in a.shape) else min(crop, *a.shape)
+        if crop is not None or self.augment:
+            rng = _rng(self.seed, self.epoch, index)
+            a, b = _augment([a, b], crop, self.augment, rng)
+            if self.augment and self.gain_jitter > 0:  # each input scaled by U(1 - jitter, 1), half the time
+                gains = rng.uniform(1.0 - self.gain_jitter, 1.0, size=2) if rng.random() < 0.5 else (1.0, 1.0)
+                a, b = a * np.float32(gains[0]), b * np.float32(gains[1])
         return {"a": torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None],
                 "b": torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))[None],
                 "id": self.ids[index]}
@@ -180,16 +202,18 @@ class VolumePairs(_PairDataset):
         split: "train", "val" or "all". A `split.csv` (id,split or id,case,split) in `root` decides;
             without one, cases sorted by id go to val at every fifth position (index % 5 == 4); a
             cohort too small for that puts its last case in val, and a single case serves both.
+            `val_ids` overrides both: exactly those cases are val, every other case is train.
         crop: side of the random training patch; None keeps the whole cube.
         augment: random flips along each axis.
         prep: grid size, fit mode and normalisation (`neurofuse.brats.PreprocessConfig`).
         ids: keep only these case ids.
         seed: seed of the patch and flip draws.
+        val_ids: the held-out cases (see `split`).
     """
 
     def __init__(self, root: str | Path, split: str = "train", crop: int | None = None, augment: bool = False,
                  prep: PreprocessConfig = PreprocessConfig(), ids: Sequence[str] | None = None,
-                 seed: int = 3407) -> None:
+                 seed: int = 3407, val_ids: Sequence[str] | None = None) -> None:
         super().__init__(crop, augment, seed)
         root = Path(root)
         _check_split(split, root)
@@ -198,7 +222,14 @@ class VolumePairs(_PairDataset):
             wanted = {str(i) for i in ids}
             cases = [c for c in cases if c.id in wanted]
         all_ids = [c.id for c in cases]
-        chosen = [c for c in cases if split == "all" or split in self._splits_of(root, all_ids, c.id)]
+        if val_ids is not None:
+            unknown = sorted(set(val_ids) - set(all_ids))
+            if unknown:
+                raise InputError(f"{root}: val_ids not found among the cases: {', '.join(unknown)}")
+            held = set(val_ids)
+            chosen = [c for c in cases if split == "all" or (split == "val") == (c.id in held)]
+        else:
+            chosen = [c for c in cases if split == "all" or split in self._splits_of(root, all_ids, c.id)]
         if not chosen:
             raise InputError(f"{root}: no cases for split {split!r}")
         self.root, self.prep = root, replace(prep, modalities=("t2", "flair"))

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import platform
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ import torch.nn as nn
 import yaml
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
@@ -46,12 +48,13 @@ from neurofuse.brats import PreprocessConfig
 from neurofuse.data import HarvardPairs, VolumePairs
 from neurofuse.errors import InputError, NeurofuseError, UsageError
 from neurofuse.io import atomic_write_path, write_csv, write_text
+from neurofuse.models.pretrained import get_pretrained_cfg, split_name
 from neurofuse.models.registry import create_model, load_weights
 from neurofuse.precision import PRECISIONS, resolve_precision
 
 # Settings that may change between a run and its resume without breaking exactness.
 _RESUME_FREE = {"resume", "out", "max_steps", "max_minutes", "threads", "num_workers", "val_limit", "val_metrics",
-                "validate_first", "val_every"}
+                "validate_first", "val_every", "val_raw", "final_val_all"}
 
 
 @dataclass
@@ -75,9 +78,15 @@ class TrainConfig:
     schedule: str = "constant"  # constant | cosine
     min_lr: float = 1e-6
     crop: int | None = 96  # 2D crop side / 3D patch side; None trains on whole images
+    # Growing crops: [[fraction of total steps, crop side], ...]; from each fraction on, that crop is used
+    # (a side >= the image trains on whole images). Replaces `crop` when set.
+    crop_schedule: list[list[float]] | None = None
     augment: bool = True
     volume_size: int = 128
     volume_fit: str = "resample"  # resample | crop (neurofuse.brats.PreprocessConfig.mode)
+    volume_clip: list[float] | None = field(default_factory=lambda: [0.5, 99.5])  # brain percentiles -> 0, 1
+    val_ids: list[str] | None = None  # hold out exactly these case/image ids (volumes; else split.csv / rule)
+    gain_jitter: float = 0.0  # with augment: half the items get each input scaled by U(1 - gain_jitter, 1)
     seed: int = 3407
     precision: str = "auto"  # auto | bf16 | fp32 (auto: bf16 where native, neurofuse.precision)
     device: str = "auto"  # auto | cpu | cuda
@@ -93,7 +102,13 @@ class TrainConfig:
     val_every: int = 1  # validate every N epochs (and always when a run stops)
     validate_first: bool = False
     stage: str | None = None
-    init: str | None = None
+    init: str | None = None  # weights file, or a shipped `arch.tag` (e.g. clinicalfmamba_2d.spect-mri)
+    # Continue a committed snapshot (`progress.json` beside its weights, `write_snapshot`): its weights and
+    # its schedule position (step, images and pixels seen); the optimiser starts afresh.
+    continue_from: str | None = None
+    ema: float | None = None  # decay of an exponential moving average of the weights (validated, shipped)
+    val_raw: bool = False  # with `ema`, also validate the raw weights (val_raw_* columns) to measure the EMA
+    final_val_all: bool = True  # the validation at a stop uses the whole val split (ignores val_limit)
     resume: bool = False
 
     @classmethod
@@ -152,12 +167,37 @@ class TrainConfig:
              "epochs, batch_size and val_every must be >= 1"),
             (self.lr > 0 and self.min_lr >= 0, "lr must be > 0 and min_lr >= 0"),
             (self.crop is None or self.crop >= 1, f"crop {self.crop}"),
+            (self.ema is None or 0.0 < self.ema < 1.0, f"ema {self.ema} (a decay in (0, 1))"),
+            (0.0 <= self.gain_jitter < 1.0, f"gain_jitter {self.gain_jitter} (in [0, 1))"),
+            (self.crop_schedule is None or _valid_crop_schedule(self.crop_schedule),
+             f"crop_schedule {self.crop_schedule} ([[fraction, side], ...], fractions rising from 0, sides >= 1)"),
             (self.max_steps is None or self.max_steps >= 0, f"max_steps {self.max_steps}"),
             (bool(self.data), "data folder not set"),
         ]
         for ok, what in checks:
             if not ok:
                 raise UsageError(f"{source}: bad training option: {what}")
+
+
+def _valid_crop_schedule(schedule: Any) -> bool:
+    try:
+        fracs = [float(f) for f, _ in schedule]
+        sides = [int(c) for _, c in schedule]
+    except (TypeError, ValueError):
+        return False
+    return bool(fracs) and fracs[0] == 0.0 and fracs == sorted(fracs) and fracs[-1] < 1.0 and min(sides) >= 1
+
+
+def crop_at(cfg: TrainConfig, step: int, total_steps: int) -> int | None:
+    """Crop side for optimiser step `step`: the last `crop_schedule` entry whose fraction is reached."""
+    if not cfg.crop_schedule:
+        return cfg.crop
+    t = step / max(total_steps, 1)
+    side = int(cfg.crop_schedule[0][1])
+    for frac, crop in cfg.crop_schedule:
+        if t >= float(frac):
+            side = int(crop)
+    return side
 
 
 @dataclass
@@ -183,10 +223,14 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int]:
         kind = "harvard" if (root / "split.csv").is_file() and (root / "MRI").is_dir() else "volumes"
     if kind == "harvard":
         train = HarvardPairs(root, "train", crop=cfg.crop, augment=cfg.augment, seed=cfg.seed)
+        train.gain_jitter = cfg.gain_jitter
         return train, HarvardPairs(root, "val"), 2
-    prep = PreprocessConfig(size=cfg.volume_size, mode=cfg.volume_fit)
-    train = VolumePairs(root, "train", crop=cfg.crop, augment=cfg.augment, prep=prep, seed=cfg.seed)
-    return train, VolumePairs(root, "val", prep=prep), 3
+    clip = None if cfg.volume_clip is None else (float(cfg.volume_clip[0]), float(cfg.volume_clip[1]))
+    prep = PreprocessConfig(size=cfg.volume_size, mode=cfg.volume_fit, clip_percentiles=clip)
+    train = VolumePairs(root, "train", crop=cfg.crop, augment=cfg.augment, prep=prep, seed=cfg.seed,
+                        val_ids=cfg.val_ids)
+    train.gain_jitter = cfg.gain_jitter
+    return train, VolumePairs(root, "val", prep=prep, val_ids=cfg.val_ids), 3
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -212,6 +256,72 @@ def export_fp16(src: str | Path, dst: str | Path) -> Path:
     with atomic_write_path(dst) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return dst
+
+
+def resolve_init(init: str) -> Path:
+    """The weights file `init` names: a path, or a shipped `arch.tag` (`clinicalfmamba_2d.spect-mri`)."""
+    path = Path(init)
+    if path.is_file() or path.suffix == ".safetensors":
+        return path
+    arch, tag = split_name(init)
+    if tag is None:
+        raise InputError(f"{init}: weights file not found (give a .safetensors path or a shipped arch.tag)")
+    return Path(get_pretrained_cfg(arch, tag).path)
+
+
+def machine_summary(device: torch.device) -> str:
+    """One line naming the processor (or GPU) and thread count, for progress and model cards."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, " \
+           f"capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+SNAPSHOT_WEIGHTS = "weights.safetensors"
+
+
+def write_snapshot(run: str | Path, dest: str | Path) -> Path:
+    """Copy a run's current state to `dest` for committing: float16 weights (EMA ones when the run keeps an
+    EMA), `progress.json` (steps, images and pixels seen, config, last validation) and `log.csv`.
+
+    `continue_from: <dest>/progress.json` continues the schedule from there on any machine.
+    """
+    run, dest = Path(run), Path(dest)
+    progress_path = run / "progress.json"
+    if not progress_path.is_file():
+        raise InputError(f"{progress_path}: not found (the run has not written a checkpoint yet)")
+    progress = json.loads(progress_path.read_text(encoding="utf-8"))
+    dest.mkdir(parents=True, exist_ok=True)
+    export_fp16(run / progress["weights"], dest / SNAPSHOT_WEIGHTS)
+    progress["weights"] = SNAPSHOT_WEIGHTS
+    write_text(dest / "progress.json", json.dumps(progress, indent=1))
+    if (run / "log.csv").is_file():
+        write_text(dest / "log.csv", (run / "log.csv").read_text(encoding="utf-8"))
+    return dest
+
+
+def read_snapshot(path: str | Path) -> dict[str, Any]:
+    """A snapshot's progress (a `progress.json`, or the folder holding one) with `weights_path` resolved."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "progress.json"
+    if not path.is_file():
+        raise InputError(f"{path}: snapshot progress file not found")
+    try:
+        progress = json.loads(path.read_text(encoding="utf-8"))
+        progress["weights_path"] = path.parent / progress["weights"]
+        int(progress["step"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a training snapshot ({exc})") from None
+    return progress
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
@@ -396,7 +506,10 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
     _check_protocol(model, cfg.model)
     stages = _apply_stage(model, cfg)
     if cfg.init is not None:
-        load_weights(model, cfg.init)
+        load_weights(model, resolve_init(cfg.init))
+    snapshot = None if cfg.continue_from is None else read_snapshot(cfg.continue_from)
+    if snapshot is not None and not cfg.resume:
+        load_weights(model, snapshot["weights_path"])
     train_ds, val_ds, data_dims = build_datasets(cfg)
     if data_dims != model.spatial_dims:
         raise UsageError(f"{cfg.data}: {data_dims}D data but model {cfg.model!r} is {model.spatial_dims}D")
@@ -405,6 +518,9 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
     if channels_last:
         model.to(memory_format=torch.channels_last)
     model.train()
+    ema = None
+    if cfg.ema is not None:  # torch's own EMA wrapper; buffers (norm statistics) are averaged too
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
 
     params = [p for p in model.parameters() if p.requires_grad]
     # The fused kernel (CPU and CUDA) does one pass over all parameters instead of ~10 small ops each.
@@ -417,8 +533,16 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
     total_steps = cfg.epochs * steps_per_epoch
 
     step, seconds, best, rows = 0, 0.0, None, []
+    seen = {"images": 0, "pixels": 0, "pixels_full": 0}  # training items and pixels (voxels) seen, all ranks
+    full_shape = train_ds.item_shape  # a batch of this shape is whole images (counted in pixels_full)
     acc: dict[str, float] = {}  # sums of train loss terms since the last validation row
     acc_n = 0
+    if snapshot is not None and not cfg.resume:
+        step = int(snapshot["step"])
+        seen = {k: int(snapshot.get(k, 0)) for k in seen}
+        if step >= total_steps:
+            raise UsageError(f"{cfg.continue_from}: the snapshot is at step {step}, the schedule ends at "
+                             f"{total_steps}; raise epochs to continue")
     if cfg.resume:
         state_path = out / "last_state.pt"
         if not state_path.is_file():
@@ -428,6 +552,10 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
         load_weights(model, out / "last.safetensors")
         opt.load_state_dict(state["optimizer"])
         step, seconds, best = state["step"], state["seconds"], state["best_val_loss"]
+        seen = {k: int(state.get("seen", {}).get(k, 0)) for k in seen}
+        if ema is not None:
+            load_weights(ema.module, out / "last_ema.safetensors")
+            ema.n_averaged.fill_(int(state["ema_n"]))
         acc, acc_n = dict(state["train_sums"]), state["train_count"]
         _set_rng_state(state["rng"], device)
         rows = _read_log(out / "log.csv")
@@ -441,29 +569,48 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=bool(stages))
     meta = {"model": cfg.model, "model_args": json.dumps(cfg.model_args), "stage": str(cfg.stage)}
+    shipped = model if ema is None else ema.module  # the weights validated, kept as best and shipped
     max_steps = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
     deadline = None if cfg.max_minutes is None else time.monotonic() + 60.0 * cfg.max_minutes
 
     def checkpoint() -> None:
         save_weights(model, out / "last.safetensors", {**meta, "step": str(step)})
+        if ema is not None:
+            save_weights(ema.module, out / "last_ema.safetensors", {**meta, "step": str(step), "ema": str(cfg.ema)})
         _save_state(out / "last_state.pt", {
             "step": step, "seconds": seconds, "best_val_loss": best, "optimizer": opt.state_dict(),
-            "schedule": {"kind": cfg.schedule, "step": step, "total_steps": total_steps},
-            "rng": _rng_state(device), "train_sums": acc, "train_count": acc_n, "config": cfg.to_dict()})
+            "schedule": {"kind": cfg.schedule, "step": step, "total_steps": total_steps}, "seen": dict(seen),
+            "ema_n": 0 if ema is None else int(ema.n_averaged), "rng": _rng_state(device),
+            "train_sums": acc, "train_count": acc_n, "config": cfg.to_dict()})
+        write_text(out / "progress.json", json.dumps(
+            {"model": cfg.model, "model_args": cfg.model_args, "step": step, "total_steps": total_steps,
+             "epoch": round(step / steps_per_epoch, 4), **seen, "train_seconds": round(seconds, 1),
+             "weights": "last_ema.safetensors" if ema is not None else "last.safetensors",
+             "machine": machine_summary(device), "last_val": rows[-1] if rows else None,
+             "config": cfg.to_dict()}, indent=1))
 
-    def validate() -> None:
+    def validate(final: bool = False) -> None:
         nonlocal best, acc, acc_n
         if rank == 0:
+            every = final and cfg.final_val_all and cfg.val_limit is not None
+            vcfg = dataclasses.replace(cfg, val_limit=None) if every else cfg
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                val = evaluate(model, val_ds, cfg, device, channels_last)
-            row = {"epoch": round(step / steps_per_epoch, 4), "step": step,
+                val = evaluate(shipped, val_ds, vcfg, device, channels_last)
+                if ema is not None and cfg.val_raw:
+                    raw = evaluate(model, val_ds, vcfg, device, channels_last)
+                    val.update({f"val_raw_{k[4:]}": v for k, v in raw.items()})
+            row = {"epoch": round(step / steps_per_epoch, 4), "step": step, **seen,
+                   "val_items": len(val_ds) if vcfg.val_limit is None else min(vcfg.val_limit, len(val_ds)),
                    **{f"train_{k}": v / max(acc_n, 1) for k, v in acc.items()}, **val,
-                   "lr": lr_at(cfg, max(step - 1, 0), total_steps), "seconds": round(seconds, 2)}
+                   "lr": lr_at(cfg, max(step - 1, 0), total_steps), "crop": crop_at(cfg, max(step - 1, 0), total_steps),
+                   "seconds": round(seconds, 2)}
             rows.append(row)
             write_csv(out / "log.csv", rows)
-            if math.isfinite(val["val_loss"]) and (best is None or val["val_loss"] < best):
+            # Only validations on the same items compete for best (a whole-split final row is not compared).
+            comparable = not every
+            if comparable and math.isfinite(val["val_loss"]) and (best is None or val["val_loss"] < best):
                 best = val["val_loss"]
-                save_weights(model, out / "best.safetensors", {**meta, "step": str(step)})
+                save_weights(shipped, out / "best.safetensors", {**meta, "step": str(step)})
                 write_text(out / "best.json", json.dumps(row, indent=1))
         acc, acc_n = {}, 0
         if world > 1:
@@ -476,6 +623,8 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
         epoch, skip = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
+        if cfg.crop_schedule:
+            train_ds.set_crop(crop_at(cfg, step, total_steps))
         indices = list(sampler)[skip * cfg.batch_size:]
         loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=indices, drop_last=True,
                             num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
@@ -498,13 +647,22 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
+            n_items = a.shape[0] * world
+            seen["images"] += n_items
+            seen["pixels"] += n_items * math.prod(a.shape[2:])
+            if tuple(a.shape[2:]) == full_shape:
+                seen["pixels_full"] += n_items * math.prod(a.shape[2:])
             for k, v in {"loss": loss_value, **terms}.items():
                 acc[k] = acc.get(k, 0.0) + float(v)
             acc_n += 1
             seconds += time.perf_counter() - t0
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_at(cfg, step - 1, total_steps):.2e}")
             stop = step >= max_steps
+            if cfg.crop_schedule and crop_at(cfg, step, total_steps) != crop_at(cfg, step - 1, total_steps):
+                break  # the next batches use the next crop side: start a fresh loader at this step
             if deadline is not None:
                 flag = torch.tensor(float(time.monotonic() >= deadline))
                 if world > 1:
@@ -515,7 +673,9 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
                 break
         bar.close()
         epoch_end = step % steps_per_epoch == 0 and (step // steps_per_epoch) % cfg.val_every == 0
-        if epoch_end or step >= max_steps or stopped != "done":
+        if step >= max_steps or stopped != "done":
+            validate(final=True)
+        elif epoch_end:
             validate()
         if rank == 0:
             checkpoint()
