@@ -392,7 +392,7 @@ def _prep(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.T
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device,
              channels_last: bool = False) -> dict[str, float]:
-    """Mean validation loss, loss terms and (when available) `clinicalfmamba` preset metrics on `data`.
+    """Mean validation loss, loss terms and (when available) `clinicalfmamba` preset metrics (+ Qabf in 2D).
 
     With `cfg.val_limit` N, N items evenly spaced over the (id-sorted) set, so every case is represented.
     """
@@ -413,6 +413,8 @@ def evaluate(model: nn.Module, data: Dataset, cfg: TrainConfig, device: torch.de
                 f = model(a, b)
             arr = [t[0, 0].float().clamp(0, 1).cpu().numpy() for t in (a, b, f)]
             row.update({f"val_{k}": float(v) for k, v in metrics(*arr, preset="clinicalfmamba").items()})
+            if a.ndim == 4:  # 2D: Petrovic's edge-preservation Qabf too, for the learning curves
+                row["val_Qabf"] = float(metrics(*arr, metrics=["Qabf"], preset="standard")["Qabf"])
         for k, v in row.items():
             sums[k] = sums.get(k, 0.0) + v
     model.train(was_training)
