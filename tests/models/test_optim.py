@@ -1,0 +1,58 @@
+"""Weight-decay parameter groups (bug: decay applied to A_log, D, norms and biases)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neurofuse.models import create_model, param_groups
+
+
+def _exempt(model) -> set[str]:
+    decayed, exempt = param_groups(model, 0.05)
+    assert decayed["weight_decay"] == 0.05 and exempt["weight_decay"] == 0.0
+    names = decayed["names"] + exempt["names"]
+    assert sorted(names) == sorted(n for n, p in model.named_parameters() if p.requires_grad)  # each trainable once
+    return set(exempt["names"])
+
+
+def test_mamba_a_log_d_norms_and_biases_get_no_weight_decay():
+    model = create_model("clinicalfmamba_2d_tiny")
+    exempt = _exempt(model)
+    for name, _ in model.named_parameters():
+        leaf = name.rsplit(".", 1)[1]
+        module = model.get_submodule(name.rsplit(".", 1)[0])
+        is_norm = isinstance(module, torch.nn.LayerNorm | torch.nn.modules.batchnorm._BatchNorm)
+        expect_exempt = leaf in ("A_log", "D") or leaf.endswith("bias") or is_norm
+        assert (name in exempt) == expect_exempt, name
+    assert any(n.endswith("A_log") for n in exempt) and any(n.endswith(".D") for n in exempt)
+    assert not any(n.endswith("A_log") for n in param_groups(model, 0.05)[0]["names"])
+
+
+@pytest.mark.parametrize("name", ["swinfusion_small", "lagn_small"])
+def test_swin_relative_position_tables_get_no_weight_decay(name):
+    exempt = _exempt(create_model(name))
+    assert any(n.endswith("bias_table") for n in exempt)
+
+
+def test_adamw_with_the_groups_leaves_exempt_parameters_alone():
+    torch.manual_seed(0)
+    model = create_model("clinicalfmamba_2d_tiny")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(param_groups(model, 0.5), lr=0.1)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    exempt = _exempt(model)
+    for n, p in model.named_parameters():
+        if n in exempt:
+            assert torch.equal(p, before[n]), n
+        else:
+            torch.testing.assert_close(p, before[n] * (1 - 0.1 * 0.5))
+
+
+def test_frozen_parameters_are_left_out():
+    model = create_model("clinicalfmamba_2d_tiny")
+    model.stem.requires_grad_(False)
+    names = [n for g in param_groups(model, 0.01) for n in g["names"]]
+    assert names and not any(n.startswith("stem.") for n in names)
