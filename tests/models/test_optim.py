@@ -29,9 +29,10 @@ def test_mamba_a_log_d_norms_and_biases_get_no_weight_decay():
     assert not any(n.endswith("A_log") for n in param_groups(model, 0.05)[0]["names"])
 
 
-@pytest.mark.parametrize("name", ["swinfusion_small", "lagn_small"])
+@pytest.mark.parametrize("name", ["swinfusion_small", "lagn_small", "mrscfusion_small"])
 def test_swin_relative_position_tables_get_no_weight_decay(name):
-    exempt = _exempt(create_model(name))
+    model = create_model(name).requires_grad_(True)  # the staged peers freeze parts by default
+    exempt = _exempt(model)
     assert any(n.endswith("bias_table") for n in exempt)
 
 
