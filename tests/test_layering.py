@@ -30,7 +30,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                                  "neurofuse.synthetic")),
     ("fusion", ("neurofuse.fusion", "neurofuse.baselines", "neurofuse.learned", "neurofuse.inference",
                 "neurofuse.pipeline", "neurofuse")),
-    ("apps", ("neurofuse.train", "neurofuse.evaluate", "neurofuse.benchmark", "neurofuse.classify")),
+    ("apps", ("neurofuse.train", "neurofuse.evaluate", "neurofuse.benchmark", "neurofuse.classify",
+              "neurofuse.curves")),
     ("cli", ("neurofuse.cli", "neurofuse.__main__", "neurofuse.demo")),
 ]
 # groups of one layer that must not import each other

@@ -1,0 +1,108 @@
+"""Learning curves: validation metrics of training runs against the training pixels (voxels) they saw.
+
+Reads the `log.csv` every run writes (one row per validation; `neurofuse.train`), from a run folder or
+a committed snapshot, and draws one panel per metric with a line per run, so one can see whether more
+training still pays. Rows validated on the whole val split (a run's stops) are drawn as filled markers,
+rows on the periodic subset as a line; both are kept in the CSV/Markdown table of each run's last row.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from neurofuse.errors import InputError
+from neurofuse.io import atomic_write_path, write_csv, write_text
+
+DEFAULT_METRICS = ("val_SSIM", "val_PSNR", "val_FMI", "val_Qabf")
+
+
+def read_log(run: str | Path) -> list[dict[str, float]]:
+    """Rows of a run's `log.csv` (a run folder, a snapshot folder or the file) with numeric values."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / "log.csv"
+    if not path.is_file():
+        raise InputError(f"{path}: training log not found")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise InputError(f"{path}: training log has no rows")
+    out = []
+    for row in rows:
+        parsed: dict[str, float] = {}
+        for key, value in row.items():
+            try:
+                parsed[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+        out.append(parsed)
+    return out
+
+
+def _whole_split(row: dict[str, float], rows: list[dict[str, float]]) -> bool:
+    """Whether a row was validated on more items than the run's periodic validations."""
+    counts = [r.get("val_items", math.nan) for r in rows]
+    return row.get("val_items", math.nan) > min(counts)
+
+
+def plot_learning_curves(runs: dict[str, str | Path], out: str | Path, metrics: tuple[str, ...] = DEFAULT_METRICS,
+                         x: str = "pixels", title: str | None = None) -> Path:
+    """PNG of `metrics` against `x` (pixels seen; `step` for logs without pixel counts) for each labelled run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = {label: read_log(path) for label, path in runs.items()}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for label, rows in logs.items():
+            key = x if all(x in r for r in rows) else "step"
+            periodic = [(r[key], r[metric]) for r in rows if metric in r and not _whole_split(r, rows)]
+            whole = [(r[key], r[metric]) for r in rows if metric in r and _whole_split(r, rows)]
+            line = None
+            if periodic:
+                (line,) = ax.plot(*zip(*periodic, strict=True), marker=".", label=f"{label} (val subset)")
+            if whole:
+                ax.plot(*zip(*whole, strict=True), "o", color=None if line is None else line.get_color(),
+                        label=f"{label} (whole val split)")
+        ax.set_title(metric.removeprefix("val_"))
+        ax.set_xlabel("training pixels seen" if x == "pixels" else x)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    with atomic_write_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out
+
+
+def last_rows_table(runs: dict[str, str | Path], out_csv: str | Path,
+                    metrics: tuple[str, ...] = DEFAULT_METRICS) -> Path:
+    """CSV + Markdown (same name, .md) of each run's last validation row: step, pixels, items, metrics."""
+    from neurofuse.evaluate import markdown_table
+
+    cols = ("step", "images", "pixels", "pixels_full", "val_items", *metrics)
+    rows = []
+    for label, path in runs.items():
+        last = read_log(path)[-1]
+        rows.append({"run": label, **{c: last.get(c, math.nan) for c in cols}})
+    out_csv = Path(out_csv)
+    write_csv(out_csv, rows)
+    header = ["run", *cols]
+    body = [[r["run"], *(_fmt(r[c]) for c in cols)] for r in rows]
+    write_text(out_csv.with_suffix(".md"), "\n".join(markdown_table(header, body)) + "\n")
+    return out_csv
+
+
+def _fmt(v: float) -> str:
+    if isinstance(v, float) and math.isnan(v):
+        return "-"
+    if float(v).is_integer() and abs(v) >= 100:
+        return f"{int(v):,}"
+    return f"{v:.4f}"

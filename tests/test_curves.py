@@ -1,0 +1,50 @@
+"""Learning curves from training logs: the PNG and the last-row table."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from neurofuse.cli import main
+from neurofuse.curves import last_rows_table, plot_learning_curves, read_log
+from neurofuse.errors import InputError
+
+
+def _log(folder: Path, rows: list[dict]) -> Path:
+    folder.mkdir(parents=True)
+    with open(folder / "log.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return folder
+
+
+def _rows(offset: float) -> list[dict]:
+    return [{"step": s, "pixels": s * 1000, "pixels_full": 0, "images": s, "val_items": n,
+             "val_SSIM": 0.5 + offset + s / 100, "val_PSNR": 15 + s, "val_FMI": 0.8, "val_Qabf": 0.4}
+            for s, n in ((1, 4), (2, 4), (3, 50))]
+
+
+def test_plot_and_table(tmp_path):
+    a, b = _log(tmp_path / "a", _rows(0.0)), _log(tmp_path / "b", _rows(0.1))
+    png = plot_learning_curves({"A": a, "B": b}, tmp_path / "c.png", title="t")
+    assert Image.open(png).size[0] > 400
+    table = last_rows_table({"A": a, "B": b}, tmp_path / "t.csv")
+    with open(table, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["run"] for r in rows] == ["A", "B"] and float(rows[1]["val_SSIM"]) == pytest.approx(0.63)
+    assert "| B |" in (tmp_path / "t.md").read_text(encoding="utf-8")
+
+
+def test_cli_labels_and_missing_log(tmp_path):
+    a = _log(tmp_path / "run", _rows(0.0))
+    res = CliRunner().invoke(main, ["curves", f"mine={a}", "-o", str(tmp_path / "x.png"), "--table",
+                                    str(tmp_path / "x.csv")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "x.png").is_file() and "mine" in (tmp_path / "x.md").read_text(encoding="utf-8")
+    with pytest.raises(InputError, match="training log not found"):
+        read_log(tmp_path / "nothing")
