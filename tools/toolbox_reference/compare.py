@@ -1,6 +1,7 @@
-"""Compare neurofuse's metrics with the values the reference toolboxes computed (fixture JSON or .tsv files).
+"""Compare neurofuse's metrics with the values the reference toolboxes computed (the fixture JSON).
 
-python tools/toolbox_reference/compare.py [tests/metrics/fixtures/toolbox_values.json]
+python tools/toolbox_reference/compare.py [--markdown] [tests/metrics/fixtures/toolbox_values.json]
+(--markdown: the metric x toolbox agreement table of docs/metrics.md)
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def ours(entry: dict, cache: dict) -> float:
 
 
 def main() -> None:
-    data = json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else FIX / "toolbox_values.json").read_text())
+    args = [a for a in sys.argv[1:] if a != "--markdown"]
+    data = json.loads(Path(args[0] if args else FIX / "toolbox_values.json").read_text())
     cache: dict = {}
     worst: dict = {}
     for e in data["values"]:
@@ -49,6 +51,17 @@ def main() -> None:
             print(f"MISMATCH {e['toolbox']:8s} {e['triplet']:28s} {e['function']:28s}", e["value"], v)
     for k, w in sorted(worst.items()):
         print(f"{k[0]:8s} {k[1]:30s} {k[2]:16s} max rel diff {w:.2e}")
+    if "--markdown" in sys.argv:
+        tbs = ("vifb", "tang", "cddfuse")
+        n = {tb: len({e["triplet"] for e in data["values"] if e["toolbox"] == tb}) for tb in tbs}
+        print("\n| metric | " + " | ".join(f"{tb} ({n[tb]} triplets)" for tb in tbs) + " |")
+        print("|---|" + "---|" * len(tbs))
+        for m in sorted({k[2] for k in worst}):
+            cells = []
+            for tb in tbs:
+                hits = [(k[1], w) for k, w in worst.items() if k[0] == tb and k[2] == m]
+                cells.append("; ".join(f"`{fn}` {w:.0e}" for fn, w in hits) if hits else "—")
+            print(f"| {m} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def _normalize255(x: np.ndarray) -> np.ndarray:
         if hi == 0:
             return x
         raise InputError("Qcb/Qcv undefined: constant image (min-max normalisation divides by zero)")
-    return np.round((x - lo) / (hi - lo) * 255.0)
+    return np.floor((x - lo) / (hi - lo) * 255.0 + 0.5)  # MATLAB round: half away from zero (x >= 0)
 
 
 def _filter2_same(x: np.ndarray, k1d: np.ndarray) -> np.ndarray:

@@ -102,7 +102,7 @@ _VIFB = {
     "AG": _c("metricsAvg_gradient", mean_over="interior"),
     "EI": _c("metricsEdge_intensity"),
     "SD": _c("metricsVariance"),
-    "SF": _c("metricsSpatial_frequency; colour: on the RGB planes side by side", mean_over="pixels"),
+    "SF": _c("metricsSpatial_frequency (colour images: the RGB planes side by side)", mean_over="pixels"),
 }
 
 _TANG = {
@@ -121,6 +121,7 @@ _TANG = {
     "Nabf_tang_asrun": _c("analysis_nabf as analysis_Reference calls it"),
     "FMI_edge": _c("analysis_fmi default feature (the toolbox's FMI_pixel column)"),
     "FMI_dct": _c("analysis_fmi(..., 'dct')"),
+    "MS_SSIM_mef": _c("analysis_ms_ssim (the toolbox's MS_SSIM column)"),
 }
 
 _CDDFUSE = {

@@ -1,0 +1,3 @@
+D = '/work/main/tests/metrics/fixtures/toolbox/';
+T = {'ct-mri_16007', 'average'; 'ct-mri_16007', 'laplacian'; 'ct-mri_16007', 'pca'; ...
+     'spect-mri_4011', 'dwt'; 'spect-mri_4011', 'laplacian'; 'pet-mri_25040', 'average'; 'pet-mri_25040', 'dwt'};
