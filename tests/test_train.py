@@ -222,12 +222,18 @@ def test_tiny_clinicalfmamba_via_cli(pairs, tmp_path):
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
                          ids=lambda p: p.name)
-def test_shipped_configs_load(path):
+def test_shipped_configs_load(path, monkeypatch):
     from neurofuse.models import list_models
 
+    assert "../shared" not in path.read_text(encoding="utf-8")  # no machine's folder in a config
+    monkeypatch.setenv("NEUROFUSE_DATA", "/data/root")
     cfg = TrainConfig.from_yaml(path)
     assert cfg.model in list_models()
-    assert cfg.out.startswith("runs/") and Path(cfg.data).parts[:3] == ("..", "shared", "data")
+    assert cfg.out.startswith("runs/") and Path(cfg.data).parts[:3] == ("/", "data", "root")
+    monkeypatch.delenv("NEUROFUSE_DATA")
+    with pytest.raises(UsageError, match="NEUROFUSE_DATA"):
+        TrainConfig.from_yaml(path)
+    assert TrainConfig.from_yaml(path, data="/elsewhere").data == "/elsewhere"  # --data needs no variable
 
 
 def test_val_every_and_limit(pairs, tmp_path):

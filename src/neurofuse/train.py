@@ -57,6 +57,22 @@ _RESUME_FREE = {"resume", "out", "max_steps", "max_minutes", "threads", "num_wor
                 "validate_first", "val_every", "val_raw", "final_val_all"}
 
 
+DATA_ENV = "NEUROFUSE_DATA"
+_PATH_OPTIONS = ("data", "init", "continue_from")
+
+
+def _expand_data_var(value: str, where: str) -> str:
+    """`$NEUROFUSE_DATA` / `${NEUROFUSE_DATA}` in a config path replaced by the variable (configs name no
+    machine's folders); a UsageError saying what to set when it is unset."""
+    if DATA_ENV not in value:
+        return value
+    root = os.environ.get(DATA_ENV)
+    if not root:
+        raise UsageError(f"{where} uses ${DATA_ENV}, which is not set: export {DATA_ENV}=<folder holding "
+                         "harvard/ and the BraTS folders>, or pass --data")
+    return value.replace("${" + DATA_ENV + "}", root).replace("$" + DATA_ENV, root)
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; loadable from YAML (`TrainConfig.from_yaml`).
@@ -148,6 +164,9 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise UsageError(f"{path}: expected a mapping of training options")
         values.update({k: v for k, v in overrides.items() if v is not None})
+        for key in _PATH_OPTIONS:
+            if isinstance(values.get(key), str):
+                values[key] = _expand_data_var(values[key], f"{path}: {key}")
         return cls.from_dict(values, str(path))
 
     def to_dict(self) -> dict[str, Any]:
