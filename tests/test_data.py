@@ -70,6 +70,8 @@ def test_harvard_errors(tmp_path):
     with pytest.raises(InputError, match="crop 64"):
         HarvardPairs(root, "train", crop=64)[0]
     with pytest.raises(InputError, match="unknown split"):
+        HarvardPairs(root, "bogus")
+    with pytest.raises(InputError, match="no rows for split 'test'"):
         HarvardPairs(root, "test")
     (root / "split.csv").unlink()
     with pytest.raises(InputError, match="split.csv"):

@@ -23,7 +23,7 @@ PKG = SRC / "neurofuse"
 # Lowest first. A module belongs to the first entry that is it or a package above it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors", ("neurofuse.errors",)),
-    ("io", ("neurofuse.io", "neurofuse.precision")),
+    ("io", ("neurofuse.io", "neurofuse.precision", "neurofuse.layouts", "neurofuse.shards")),
     ("nn blocks + ssm", ("neurofuse.ssm", "neurofuse.losses", "neurofuse.models.blocks", "neurofuse.models.mamba",
                          "neurofuse.models.swin", "neurofuse.models.diffusion")),
     ("models / metrics / data", ("neurofuse.models", "neurofuse.metrics", "neurofuse.data", "neurofuse.brats",

@@ -1,19 +1,21 @@
 """`neurofuse benchmark`: every method on one split, timed and measured by the same metrics.
 
-For a Harvard-layout pair folder (`MRI/`, one other modality folder, `split.csv`) it fuses every pair
+For a pair folder in any layout `neurofuse.layouts` knows (Harvard `MRI/` + `CT|SPECT|PET/`, CDDFuse,
+EMFusion, IFCNN `{id}_1`/`{id}_2`; `split.csv` for train/val/test, none for `all`) it fuses every pair
 of the split with each method, times the fusion call alone (per-pair latency and throughput, after
 one untimed warm-up pair), computes the metrics in each preset and writes:
 - `per_image.csv`: method, id, preset, latency and every metric;
 - `summary_<preset>.csv` and `summary.md`: mean +- std per method, laid out like the paper's table
   (PSNR, SSIM, FMI, FSIM, EN, then the rest), with parameters and timing;
 - `grid.png`: the same few pairs fused by every method (colour for SPECT/PET), and `bars.png`.
-Learned methods run with the shipped weights for the pair set (`pretrained=<folder name>`); a method
-without weights for it is skipped and listed as such.
+Learned methods run with the shipped weights for the pair set (`pretrained=<tag>`, the tag named by
+`pair` or the modality folder names); a method without weights for it is skipped and listed as such.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,13 +24,14 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 from tqdm import tqdm
 
-from neurofuse.data import harvard_split
 from neurofuse.errors import InputError, NeurofuseError, UsageError
 from neurofuse.evaluate import markdown_table
 from neurofuse.fusion import fuse, get_method, list_methods
 from neurofuse.io import atomic_write_path, read_image, write_csv, write_text
+from neurofuse.layouts import PairSet, find_pairs, select_split
 from neurofuse.metrics import compute_metrics, get_preset
-from neurofuse.pipeline import fusion_inputs, merge_colour
+from neurofuse.pipeline import fusion_inputs, infer_pair, merge_colour
+from neurofuse.shards import Shard
 
 MAIN_METRICS = ("PSNR", "SSIM", "FMI", "FSIM", "EN")
 PRESETS = ("clinicalfmamba", "standard")
@@ -69,8 +72,17 @@ def _count_params(method: str) -> int | None:
     return sum(p.numel() for p in create_model(m.models[2]).parameters())
 
 
+def pair_tag(ps: PairSet, pair: str | None = None) -> str | None:
+    """Shipped-weights tag for learned methods: `pair`, else from the modality folder names (as `fuse`
+    guesses it from file names: `SPECT/` -> spect-mri), else from the data folder's name; None if unsaid."""
+    if pair is not None:
+        return pair
+    names = [f"{ps.name_a}_{ps.name_b}"] + ([ps.root.name] if ps.root is not None else [])
+    return next((t for t in (infer_pair(n) for n in names) if t is not None), None)
+
+
 def run_benchmark(
-    data: str | Path,
+    data: str | Path | None,
     out: str | Path,
     split: str = "val",
     methods: str = "all",
@@ -78,33 +90,59 @@ def run_benchmark(
     grid_rows: int = 4,
     presets: tuple[str, ...] = PRESETS,
     method_options: dict | None = None,
+    *,
+    a: str | Path | None = None,
+    b: str | Path | None = None,
+    pattern: tuple[str, str] | None = None,
+    pair: str | None = None,
+    split_file: str | Path | None = None,
+    shard: Shard | None = None,
+    progress: bool = True,
 ) -> list[MethodResult]:
-    """Run the benchmark and write its tables and figures into `out` (created)."""
-    data, out = Path(data), Path(out)
-    modality, pairs = harvard_split(data, split)
+    """Run the benchmark and write its tables and figures into `out` (created).
+
+    The pairs come from `data` (any layout of `neurofuse.layouts.find_pairs`) or the folders `a`, `b`;
+    files without a partner are named in a warning. Learned methods use the shipped weights `pretrained=`
+    `pair` (default: named by the modality folders; none named: each model's default weights) unless
+    `method_options` gives `weights`/`pretrained`; a method without weights for the tag is skipped
+    (`MethodResult.skipped` says why). `shard` runs every N-th pair only (`neurofuse merge` joins them).
+    """
+    out = Path(out)
+    method_options = dict(method_options or {})
+    if "pretrained" in method_options and "weights" not in method_options:  # -O pretrained=TAG: the tag
+        pair = pair or str(method_options.pop("pretrained"))
+    ps = find_pairs(data, a, b, pattern)
+    if (msg := ps.unpaired_message()) is not None:
+        warnings.warn(msg, stacklevel=2)
+    modality = ps.name_b
+    pairs = select_split(ps, split, split_file)
     if limit is not None:
         if limit < 1:
-            raise UsageError(f"--limit {limit}: give a positive number of pairs")
+            raise UsageError(f"limit={limit}: give a positive number of pairs")
         pairs = pairs[:limit]
+    if shard is not None:
+        pairs = shard.take(pairs)
     if not pairs:
-        raise InputError(f"{data}: split {split!r} holds no pairs")
+        raise InputError(f"{ps.where}: split {split!r} holds no pairs" + (f" for {shard.label}" if shard else ""))
     out.mkdir(parents=True, exist_ok=True)
-    tag = data.name.lower()
+    tag = pair_tag(ps, pair)
+    user_weights = "weights" in method_options
     names = resolve_methods(methods)
     images = [(i, read_image(pa), read_image(pb)) for i, pa, pb in pairs]
     inputs = [fusion_inputs(a, b) for _, a, b in images]
     grid_idx = np.linspace(0, len(images) - 1, min(grid_rows, len(images))).round().astype(int).tolist()
     grid: dict[str, list[np.ndarray]] = {}
     results: list[MethodResult] = []
-    bar = tqdm(total=len(names) * len(images), desc="benchmark", unit="pair")
+    bar = tqdm(total=len(names) * len(images), desc="benchmark", unit="pair", disable=not progress)
     for name in names:
         m = get_method(name)
         res = MethodResult(name, m.kind)
-        opts = {} if m.kind == "classical" else {"pretrained": tag, **(method_options or {})}
+        pretrained = {} if tag is None or user_weights else {"pretrained": tag}
+        opts = {} if m.kind == "classical" else {**pretrained, **method_options}
         try:
             fuse(*inputs[0], name, **opts)  # warm-up (also loads weights), not timed
         except NeurofuseError as exc:  # no shipped weights for this pair set: skipped, listed as such
-            if m.kind == "classical" or set(method_options or {}) - {"device", "precision"}:
+            if m.kind == "classical" or user_weights or set(method_options) - {"device", "precision"}:
                 bar.close()
                 raise  # the user's own weights/options failed: an error, not a skip
             res.skipped = str(exc)
@@ -125,8 +163,9 @@ def run_benchmark(
             bar.update(1)
         results.append(res)
     bar.close()
+    data = Path(ps.root) if ps.root is not None else Path(ps.where)
     if all(r.skipped for r in results):
-        raise InputError(f"{data}: no method could run ({results[0].name}: {results[0].skipped})")
+        raise InputError(f"{ps.where}: no method could run ({results[0].name}: {results[0].skipped})")
     _write_per_image(out / "per_image.csv", results)
     for p in presets:
         _write_summary_csv(out / f"summary_{p}.csv", results, p)
@@ -135,7 +174,7 @@ def run_benchmark(
         [merge_colour(inputs[k][0], images[k][1], images[k][1]) for k in grid_idx],
         [merge_colour(inputs[k][1], images[k][1], images[k][2]) for k in grid_idx],
     ]
-    write_grid(out / "grid.png", ["MRI", modality] + list(grid), sources + list(grid.values()))
+    write_grid(out / "grid.png", [ps.name_a, modality] + list(grid), sources + list(grid.values()))
     _write_bars(out / "bars.png", results, presets[0])
     return results
 

@@ -22,8 +22,9 @@ from torch.utils.data import Dataset
 from neurofuse.brats import PreprocessConfig, discover, preprocess_case
 from neurofuse.errors import InputError
 from neurofuse.io import read_luma
+from neurofuse.layouts import find_pairs, select_split
 
-SPLITS = ("train", "val", "all")
+SPLITS = ("train", "val", "test", "all")
 
 
 def _read_luma(path: Path) -> np.ndarray:
@@ -124,30 +125,13 @@ class _PairDataset(Dataset):
 
 
 def harvard_split(root: str | Path, split: str) -> tuple[str, list[tuple[str, Path, Path]]]:
-    """(other modality, [(id, MRI path, other path)]) of one split of a Harvard pair folder, by slice order.
+    """(other modality, [(id, MRI path, other path)]) of one split of a pair folder, in natural id order.
 
-    The folder holds `MRI/`, one other modality folder and `split.csv` (id,case,split).
+    Any layout `neurofuse.layouts.find_pairs` knows (Harvard `MRI/` + one other modality folder, any
+    case; CDDFuse; `{id}_1`/`{id}_2` files); `split.csv` (id,case,split) decides unless split is "all".
     """
-    root = Path(root)
-    _check_split(split, root)
-    split_csv = root / "split.csv"
-    if not split_csv.is_file():
-        raise InputError(f"{split_csv}: split file not found (expected columns id,case,split)")
-    others = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "MRI")
-    if not (root / "MRI").is_dir() or len(others) != 1:
-        raise InputError(f"{root}: expected an MRI/ folder and exactly one other modality folder")
-    with open(split_csv, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"id", "split"} <= set(rows[0]):
-        raise InputError(f"{split_csv}: expected a header with columns id,case,split")
-    keep = sorted((r["id"] for r in rows if split == "all" or r["split"] == split), key=lambda s: (len(s), s))
-    if not keep:
-        raise InputError(f"{split_csv}: no rows for split {split!r}")
-    pairs = [(i, root / "MRI" / f"{i}.png", others[0] / f"{i}.png") for i in keep]
-    for p in (p for pair in pairs for p in pair[1:]):
-        if not p.is_file():
-            raise InputError(f"{p}: listed in {split_csv.name} but missing")
-    return others[0].name, pairs
+    ps = find_pairs(data=root)
+    return ps.name_b, select_split(ps, split)
 
 
 class HarvardPairs(_PairDataset):

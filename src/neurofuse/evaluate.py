@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -79,19 +79,27 @@ def triplet_report(vals: dict[str, float], preset: str, as_json: bool = False) -
     return "\n".join([f"preset {preset}", *lines])
 
 
-def find_triplets(dir_a: str | Path, dir_b: str | Path, dir_f: str | Path) -> list[tuple[str, Path, Path, Path]]:
-    """(name, a, b, f) for every source pair whose fused file (same name, or same stem) is in dir_f."""
+def find_triplets(dir_a: str | Path | None, dir_b: str | Path | None, dir_f: str | Path,
+                  pairs: Sequence[tuple[str, Path, Path]] | None = None) -> list[tuple[str, Path, Path, Path]]:
+    """(name, a, b, f) for every source pair whose fused file is in dir_f: the A file's name or stem, the
+    B file's name, or the pair id (`{id}.EXT`). `pairs` (id, A, B), e.g. from `neurofuse.layouts.find_pairs`,
+    replaces pairing dir_a and dir_b by file name; the name is then the id."""
     dir_f = Path(dir_f)
     if not dir_f.is_dir():
         raise InputError(f"{dir_f}: not a folder")
     by_stem = {p.name.split(".")[0]: p for p in dir_f.iterdir() if p.is_file()}
+    if pairs is None:
+        pairs, where = [(name, pa, pb) for name, pa, pb in pair_files(dir_a, dir_b)], f"{dir_a} and {dir_b}"
+    else:
+        where = "the source pairs"
     out = []
-    for name, pa, pb in pair_files(dir_a, dir_b):
-        pf = dir_f / name if (dir_f / name).is_file() else by_stem.get(name.split(".")[0])
+    for name, pa, pb in pairs:
+        pf = next((dir_f / n for n in (pa.name, pb.name) if (dir_f / n).is_file()), None)
+        pf = pf or by_stem.get(pa.name.split(".")[0]) or by_stem.get(name.split(".")[0])
         if pf is not None:
             out.append((name, pa, pb, pf))
     if not out:
-        raise InputError(f"{dir_f}: no fused file matches a pair of {dir_a} and {dir_b} by name")
+        raise InputError(f"{dir_f}: no fused file matches a pair of {where} by name")
     return out
 
 
@@ -134,7 +142,9 @@ def summary_markdown(
     rows = []
     for r in table:
         name = r["metric"] + (" †" if r["metric"] in FLAGS else "")
-        row = [name, f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}", r["n"], r["better"]]
+        small = 0 < abs(r["mean"]) < 10.0**-digits * 100  # e.g. Nabf ~1e-7: scientific, not 0.0000
+        fmt = f".{digits - 1}e" if small else f".{digits}f"
+        row = [name, f"{r['mean']:{fmt}} ± {r['std']:{fmt}}", r["n"], r["better"]]
         rows.append(row + ([conv.get(r["metric"], "").split("; FLAG")[0]] if preset else []))
     lines += markdown_table(["metric", "mean ± std", "n", "better"] + (["convention"] if preset else []), rows)
     lines += [f"\n† {m}: {FLAGS[m]}" for m in FLAGS if any(r["metric"] == m for r in table)]
@@ -148,17 +158,20 @@ class Evaluation:
     rows: list[dict]
     summary: list[dict]
     files: list[Path]
+    missing: list[str] = field(default_factory=list)  # source pairs without a fused file
 
 
 def evaluate_dirs(
     dir_a: str | Path, dir_b: str | Path, dir_f: str | Path, metrics=None, preset: str = "standard",
     out_csv: str | Path | None = None, slicewise: str | None = None, progress: bool = True,
+    pairs: Sequence[tuple[str, Path, Path]] | None = None,
 ) -> Evaluation:
-    """Evaluate every fused file in dir_f against the same-named sources in dir_a and dir_b.
+    """Evaluate every fused file in dir_f against the same-named sources in dir_a and dir_b (or against
+    `pairs`, see `find_triplets`); `Evaluation.missing` lists the pairs with no fused file.
 
     With out_csv, writes the per-image CSV there plus `<stem>_summary.csv` and `<stem>_summary.md`.
     """
-    triplets = find_triplets(dir_a, dir_b, dir_f)
+    triplets = find_triplets(dir_a, dir_b, dir_f, pairs)
     rows, names = [], None
     for name, pa, pb, pf in tqdm(triplets, desc=f"evaluate ({preset})", disable=not progress, unit="img"):
         vals = evaluate_triplet(pa, pb, pf, metrics, preset, slicewise)
@@ -174,4 +187,6 @@ def evaluate_dirs(
         title = f"{len(rows)} images, preset {preset}: {dir_f}"
         write_text(f"{stem}_summary.md", summary_markdown(table, title, preset=preset))
         files = [out_csv, Path(f"{stem}_summary.csv"), Path(f"{stem}_summary.md")]
-    return Evaluation(rows, table, files)
+    found = {t[0] for t in triplets}
+    missing = [p[0] for p in pairs if p[0] not in found] if pairs is not None else []
+    return Evaluation(rows, table, files, missing)
