@@ -14,6 +14,8 @@ Learned methods run with the shipped weights for the pair set (`pretrained=<tag>
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ from tqdm import tqdm
 from neurofuse.errors import InputError, NeurofuseError, UsageError
 from neurofuse.evaluate import markdown_table
 from neurofuse.fusion import fuse, get_method, list_methods
-from neurofuse.io import atomic_write_path, read_image, write_csv, write_text
+from neurofuse.io import atomic_write_path, natural_key, read_image, write_csv, write_text
 from neurofuse.layouts import PairSet, find_pairs, select_split
 from neurofuse.metrics import compute_metrics, get_preset
 from neurofuse.pipeline import fusion_inputs, infer_pair, merge_colour
@@ -166,15 +168,67 @@ def run_benchmark(
     data = Path(ps.root) if ps.root is not None else Path(ps.where)
     if all(r.skipped for r in results):
         raise InputError(f"{ps.where}: no method could run ({results[0].name}: {results[0].skipped})")
-    _write_per_image(out / "per_image.csv", results)
-    for p in presets:
-        _write_summary_csv(out / f"summary_{p}.csv", results, p)
-    _write_markdown(out / "summary.md", results, presets, data, split, len(images))
+    run = {"data": str(data), "split": split, "pairs": len(images), "presets": list(presets),
+           "shard": None if shard is None else [shard.index, shard.count]}
+    write_tables(out, results, run)
     sources = [
         [merge_colour(inputs[k][0], images[k][1], images[k][1]) for k in grid_idx],
         [merge_colour(inputs[k][1], images[k][1], images[k][2]) for k in grid_idx],
     ]
     write_grid(out / "grid.png", [ps.name_a, modality] + list(grid), sources + list(grid.values()))
+    _write_bars(out / "bars.png", results, presets[0])
+    return results
+
+
+def write_tables(out: Path, results: list[MethodResult], run: dict) -> None:
+    """per_image.csv, summary_<preset>.csv, summary.md, methods.csv (kind, params, skip reason) and
+    run.json (data, split, pairs, presets, shard): everything `merge_benchmarks` needs to join shards."""
+    _write_per_image(out / "per_image.csv", results)
+    for p in run["presets"]:
+        _write_summary_csv(out / f"summary_{p}.csv", results, p)
+    _write_markdown(out / "summary.md", results, run["presets"], Path(run["data"]), run["split"], run["pairs"])
+    write_csv(out / "methods.csv", [{"method": r.name, "kind": r.kind, "params": "" if r.params is None else r.params,
+                                     "skipped": r.skipped or ""} for r in results],
+              ["method", "kind", "params", "skipped"])
+    write_text(out / "run.json", json.dumps(run, indent=2) + "\n")
+
+
+def merge_benchmarks(shard_dirs: list[Path], out: Path) -> list[MethodResult]:
+    """Join the outputs of sharded `run_benchmark` calls into `out`: the same per-image rows, in the same
+    order, and so the same tables as one unsharded run (latencies are those each shard measured; grid.png
+    is the first shard's). Every shard 0..N-1 must be there."""
+    runs = [json.loads((d / "run.json").read_text(encoding="utf-8")) for d in shard_dirs]
+    counts = {tuple(r["shard"] or (0, 1))[1] for r in runs}
+    have = sorted(tuple(r["shard"] or (0, 1))[0] for r in runs)
+    if len(counts) != 1 or have != list(range(counts.pop())):
+        raise InputError(f"{out}: shards {', '.join(str(i) for i in have)} found; need each of 0..N-1 of one run "
+                         "exactly once")
+    if len({(r["data"], r["split"], tuple(r["presets"])) for r in runs}) != 1:
+        raise InputError(f"{out}: the shards come from different runs (data, split or presets differ)")
+    import csv
+
+    methods = list(csv.DictReader(open(shard_dirs[0] / "methods.csv", newline="", encoding="utf-8")))
+    rows = [r for d in shard_dirs for r in csv.DictReader(open(d / "per_image.csv", newline="", encoding="utf-8"))]
+    presets = runs[0]["presets"]
+    results = []
+    for m in methods:
+        res = MethodResult(m["method"], m["kind"], int(m["params"]) if m["params"] else None,
+                           skipped=m["skipped"] or None)
+        mine = sorted((r for r in rows if r["method"] == res.name), key=lambda r: natural_key(r["id"]))
+        for p in ([] if res.skipped else presets):
+            prow = [r for r in mine if r["preset"] == p]
+            res.metrics[p] = [{"id": r["id"], **{k: float(v) for k, v in r.items()
+                                                 if k not in ("method", "preset", "latency_ms", "id")}}
+                              for r in prow]
+            if p == presets[0]:
+                res.latencies = [float(r["latency_ms"]) / 1000.0 for r in prow]
+        results.append(res)
+    out.mkdir(parents=True, exist_ok=True)
+    n = sum(r["pairs"] for r in runs)
+    write_tables(out, results, {**runs[0], "pairs": n, "shard": None})
+    if (shard_dirs[0] / "grid.png").is_file():
+        with atomic_write_path(out / "grid.png") as tmp:
+            shutil.copyfile(shard_dirs[0] / "grid.png", tmp)
     _write_bars(out / "bars.png", results, presets[0])
     return results
 

@@ -36,3 +36,21 @@ def split_cmd(root, out, pattern, val, test, seed, case_regex, overwrite):
     rows = make_split([i for i, _, _ in ps.pairs], val=val, test=test, seed=seed, case_regex=case_regex)
     write_csv(out, rows, ["id", "case", "split"])
     click.echo(f"{out}: {split_summary(rows)}")
+
+
+@main.command("merge")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@output_option(required=False, help="Where the joined tables go (default: FOLDER itself).")
+def merge_cmd(folder, out):
+    """Join the shards of a sharded `benchmark` (FOLDER/shard-K-of-N/) into one set of tables and figures.
+
+    `fuse-dir` and `fuse-brats` shards write their outputs into one folder already: nothing to merge."""
+    from neurofuse.benchmark import merge_benchmarks
+    from neurofuse.errors import InputError
+
+    shards = sorted(p for p in folder.glob("shard-*-of-*") if (p / "run.json").is_file())
+    if not shards:
+        raise InputError(f"{folder}: no benchmark shards (shard-K-of-N/ folders with run.json) to merge")
+    results = merge_benchmarks(shards, out or folder)
+    ran = sum(1 for r in results if not r.skipped)
+    click.echo(f"merged {len(shards)} shards: {ran} methods -> {out or folder}/summary.md")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from neurofuse.errors import UsageError
+
 PRECISIONS = ("auto", "fp32", "bf16")
 SPLITS = ("train", "val", "test", "all")  # = neurofuse.layouts.SPLITS (tested)
 
@@ -68,9 +70,16 @@ def shard_options(fn):
                              "SLURM_ARRAY_TASK_COUNT or torchrun's RANK/WORLD_SIZE); join with `neurofuse merge`.")(fn)
 
 
-def learned_options(device: str | None, precision: str | None) -> dict:
-    """Method options from --device/--precision (only those given)."""
-    return {k: v for k, v in (("device", device), ("precision", precision)) if v is not None}
+def learned_method_options(method: str, device: str | None, precision: str | None) -> dict:
+    """Method options from --device/--precision (only those given); UsageError for a classical method."""
+    given = {k: v for k, v in (("device", device), ("precision", precision)) if v is not None}
+    if given:
+        from neurofuse.fusion import get_method
+
+        if get_method(method).kind != "learned":
+            flags = " and ".join(f"--{k}" for k in given)
+            raise UsageError(f"{flags}: for learned methods only; {method!r} is classical (runs on the CPU)")
+    return given
 
 
 def pair_source_options(fn):
