@@ -26,9 +26,22 @@ def fuse_maximum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(a, b)
 
 
+def _cov2(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """np.cov of the two flattened arrays (ddof 1), in float64 over chunks: no full-size float64 copies."""
+    a, b = a.ravel(), b.ravel()
+    n = a.size
+    mean = [sum(float(x[i : i + chunk].sum(dtype=np.float64)) for i in range(0, n, chunk)) / n for x in (a, b)]
+    acc = np.zeros((2, 2))
+    for i in range(0, n, chunk):
+        block = np.stack([a[i : i + chunk], b[i : i + chunk]]).astype(np.float64)
+        block -= np.array(mean)[:, None]
+        acc += block @ block.T
+    return acc / max(n - 1, 1)
+
+
 def pca_weights(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Normalised components of the principal eigenvector of cov([a, b])."""
-    cov = np.cov(np.stack([a.ravel(), b.ravel()]).astype(np.float64))
+    cov = _cov2(a, b)
     _, vecs = np.linalg.eigh(cov)
     v = np.abs(vecs[:, -1])
     return float(v[0] / v.sum()), float(v[1] / v.sum())
@@ -54,8 +67,10 @@ def _levels(method: str, levels: int | None, default: int, most: int, shape: tup
     return int(levels)
 
 
-def _max_abs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return np.where(np.abs(x) >= np.abs(y), x, y)
+def _max_abs_into(x: np.ndarray, y: np.ndarray) -> None:
+    """x = the larger-magnitude coefficient of x and y (x on ties), in place."""
+    take = np.abs(y) > np.abs(x)
+    np.copyto(x, y, where=take)
 
 
 @register_method("dwt", "Wavelet fusion: average approximation, max-abs details (options: wavelet, levels).")
@@ -70,12 +85,16 @@ def fuse_dwt(
     if mode not in pywt.Modes.modes:
         raise UsageError(f"dwt: unknown signal extension mode {mode!r}; use one of {', '.join(pywt.Modes.modes)}")
     levels = _levels("dwt", levels, 3, pywt.dwtn_max_level(a.shape, wavelet), a.shape)
+    # Fused in place in a's coefficients, b's freed before the inverse: peak memory ~3x one input's.
     ca = pywt.wavedecn(a, wavelet, mode=mode, level=levels)
     cb = pywt.wavedecn(b, wavelet, mode=mode, level=levels)
-    fused = [0.5 * (ca[0] + cb[0])]
+    ca[0] += cb[0]
+    ca[0] *= 0.5
     for da, db in zip(ca[1:], cb[1:], strict=True):
-        fused.append({k: _max_abs(da[k], db[k]) for k in da})
-    out = pywt.waverecn(fused, wavelet, mode=mode)
+        for k in da:
+            _max_abs_into(da[k], db[k])
+    del cb
+    out = pywt.waverecn(ca, wavelet, mode=mode)
     return out[tuple(slice(0, s) for s in a.shape)]
 
 
@@ -102,7 +121,7 @@ def _expand(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def laplacian_pyramid(x: np.ndarray, levels: int) -> list[np.ndarray]:
     """[detail_0, ..., detail_{n-1}, base]: band-pass levels, finest first, then the low-pass top."""
-    pyr, cur = [], x.astype(np.float64)
+    pyr, cur = [], x.astype(np.promote_types(x.dtype, np.float32))  # float32 stays float32 (memory)
     for _ in range(levels):
         if min(cur.shape) < 4:
             break
@@ -128,6 +147,8 @@ def fuse_laplacian(a: np.ndarray, b: np.ndarray, levels: int | None = None) -> n
         most, side = most + 1, (side + 1) // 2
     levels = _levels("laplacian", levels, 4, most, a.shape)
     pa, pb = laplacian_pyramid(a, levels), laplacian_pyramid(b, levels)
-    fused = [_max_abs(x, y) for x, y in zip(pa[:-1], pb[:-1], strict=True)]
-    fused.append(0.5 * (pa[-1] + pb[-1]))
-    return reconstruct_laplacian(fused).astype(np.float32)
+    for x, y in zip(pa[:-1], pb[:-1], strict=True):  # fused in place in a's pyramid (memory)
+        _max_abs_into(x, y)
+    pa[-1] = 0.5 * (pa[-1] + pb[-1])
+    del pb
+    return reconstruct_laplacian(pa).astype(np.float32, copy=False)

@@ -76,6 +76,11 @@ class Image:
             return 1.0
         return None
 
+    def geometry_only(self) -> Image:
+        """This image without its values (a zero-memory array of its shape): a reference for writers."""
+        empty = np.broadcast_to(np.zeros((), self.array.dtype), self.array.shape)
+        return Image(empty, self.path, self.format, self.affine, self.header, self.bit_depth, dict(self.meta))
+
     @property
     def spacing(self) -> tuple[float, ...] | None:
         if self.affine is None:
@@ -397,7 +402,7 @@ def luma(img: Image) -> np.ndarray:
     (float64 gray stays float64: its values may lie beyond float32's range)."""
     if img.is_color:
         return rgb_to_ycbcr(rgb255(img))[..., 0].astype(np.float32)
-    return img.array if img.array.dtype == np.float64 else img.array.astype(np.float32)
+    return img.array if img.array.dtype == np.float64 else img.array.astype(np.float32, copy=False)
 
 
 def unit_luma(img: Image) -> np.ndarray:
@@ -759,10 +764,10 @@ def _write_nifti(path: Path, arr01: np.ndarray, reference: Image | None, dtype: 
     if dtype not in _NIFTI_DTYPES:
         raise UsageError(f"{path}: unsupported NIfTI dtype {dtype!r}; use {', '.join(_NIFTI_DTYPES)}")
     np_dtype = _NIFTI_DTYPES[dtype]
-    if np_dtype is np.float32:
-        data = np.clip(arr01, 0, 1).astype(np.float32)
-    else:
-        data = np.round(np.clip(arr01, 0, 1) * np.iinfo(np_dtype).max).astype(np_dtype)
+    data = np.clip(arr01, 0, 1, dtype=np.float32)  # one copy at most
+    if np_dtype is not np.float32:
+        data *= np.iinfo(np_dtype).max
+        data = np.round(data, out=data).astype(np_dtype)
     affine = reference.affine if reference is not None and reference.affine is not None else np.eye(4)
     if reference is not None and reference.spatial_shape != data.shape:
         raise UsageError(f"{path}: array shape {data.shape} does not match reference {reference.spatial_shape}")

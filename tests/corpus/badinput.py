@@ -857,6 +857,27 @@ def write_corpus(root: str | Path) -> dict[str, Case]:
     return out
 
 
-if __name__ == "__main__":
-    for name, c in write_corpus(sys.argv[1] if len(sys.argv) > 1 else "corpus").items():
-        print(f"{name}: exit {c.code}: neurofuse {' '.join(str(a) for a in c.args)}")
+def markdown(cases: dict[str, Case], root: Path) -> str:
+    """The corpus as a Markdown table: case, command (paths relative to its folder), exit code, words."""
+    def rel(x) -> str:  # root/<case>/name -> name, also inside KEY=VALUE options
+        text = str(x)
+        while f"{root}/" in text:
+            head, tail = text.split(f"{root}/", 1)
+            text = head + (tail.split("/", 1)[1] if "/" in tail else ".")
+        return text
+
+    lines = ["| case | command | exit | the error line holds |", "|---|---|---|---|"]
+    for name, c in cases.items():
+        cmd = " ".join(rel(a) for a in c.args)
+        lines.append(f"| `{name}` | `neurofuse {cmd}` | {c.code} | {', '.join(map(rel, c.needles)) or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python tests/corpus/badinput.py DIR [--markdown]
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "corpus").resolve()
+    written = write_corpus(target)
+    if "--markdown" in sys.argv:
+        print(markdown(written, target), end="")
+    else:
+        for name, c in written.items():
+            print(f"{name}: exit {c.code}: neurofuse {' '.join(str(a) for a in c.args)}")
