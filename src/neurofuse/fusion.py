@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,8 +86,8 @@ def check_pair(a: np.ndarray, b: np.ndarray, names: tuple[str, str] = ("A", "B")
         raise InputError(f"{names[0]} and {names[1]}: shape mismatch {a.shape} vs {b.shape} (use --resample)")
 
 
-def fuse(a: np.ndarray, b: np.ndarray, method: str = "average", **options) -> np.ndarray:
-    """Fuse two co-registered arrays in [0, 1] (same 2D or 3D shape) with a registered method."""
+def _checked_method(a: np.ndarray, b: np.ndarray, method: str, options: dict) -> FusionMethod:
+    """The method `method` after checking the pair, its dimensionality and the option names."""
     check_pair(a, b)
     m = get_method(method)
     if a.ndim not in m.spatial_dims:
@@ -99,8 +99,32 @@ def fuse(a: np.ndarray, b: np.ndarray, method: str = "average", **options) -> np
             raise UsageError(
                 f"method {method!r} has no option {', '.join(unknown)}; it takes {list(accepted)[2:] or 'none'}"
             )
+    return m
+
+
+def fuse(a: np.ndarray, b: np.ndarray, method: str = "average", **options) -> np.ndarray:
+    """Fuse two co-registered arrays in [0, 1] (same 2D or 3D shape) with a registered method."""
+    m = _checked_method(a, b, method, options)
     out = m.fn(a.astype(np.float32, copy=False), b.astype(np.float32, copy=False), **options)
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+
+
+def fuse_many(pairs: Sequence[tuple[np.ndarray, np.ndarray]], method: str = "average", **options) -> list[np.ndarray]:
+    """`fuse` for several pairs of one shape: a method with a batch form (`fn.batch`, the learned ones)
+    runs them together (one forward pass for 2D), any other pair by pair. Same results as `fuse`."""
+    pairs = list(pairs)
+    m = get_method(method)
+    batch = getattr(m.fn, "batch", None)
+    if batch is None or len(pairs) < 2:
+        return [fuse(a, b, method, **options) for a, b in pairs]
+    for a, b in pairs:
+        _checked_method(a, b, method, options)
+        if a.shape != pairs[0][0].shape:
+            raise UsageError(f"fuse_many: pairs of one shape only, got {pairs[0][0].shape} and {a.shape}")
+    stack_a = np.stack([a.astype(np.float32, copy=False) for a, _ in pairs])
+    stack_b = np.stack([b.astype(np.float32, copy=False) for _, b in pairs])
+    out = batch(stack_a, stack_b, **options)
+    return [np.clip(np.asarray(f, dtype=np.float32), 0.0, 1.0) for f in out]
 
 
 def fuse_axial(a: np.ndarray, b: np.ndarray, method: str, **options) -> np.ndarray:

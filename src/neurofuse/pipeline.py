@@ -12,13 +12,14 @@ from __future__ import annotations
 import inspect
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from neurofuse.errors import ResultError, UsageError
-from neurofuse.fusion import fuse, get_method
+from neurofuse.errors import NeurofuseError, ResultError, UsageError
+from neurofuse.fusion import fuse, fuse_many, get_method
 from neurofuse.io import (
     IMAGE_2D_EXTS,
     NIFTI_EXTS,
@@ -220,3 +221,42 @@ def fuse_brats_case(case, targets: dict[int, Path], method: str, clip_percentile
             fused = fuse(a, b, method, **method_options)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_image(path, fused, reference=t2_img, overwrite=overwrite)
+
+
+def fuse_files_many(jobs: Sequence[tuple[str | Path, str | Path, str | Path]], opts: FuseOptions,
+                    **method_options) -> list[Path | NeurofuseError]:
+    """`fuse_files` for several (A, B, OUT) jobs, the fusion of same-shape pairs run together
+    (`fusion.fuse_many`: a learned 2D method runs them as one batch). Each job's result is the written
+    path or the NeurofuseError it raised, in job order; as with `fuse_files`, nothing of a failed job is
+    written."""
+    results: list[Path | NeurofuseError | None] = [None] * len(jobs)
+    groups: dict[tuple, list] = {}
+    for i, (path_a, path_b, out) in enumerate(jobs):
+        try:
+            out = Path(out)
+            preflight(path_a, path_b, out, opts, method_options)
+            mopts = learned_options(opts.method, (path_a, path_b), opts.pair, method_options)
+            a, b = load_pair(path_a, path_b, resample=opts.resample)
+            check_output(out, a.spatial_dims, opts.overwrite, (path_a, path_b))
+            ya, yb = fusion_inputs(a, b, opts.clip_percentiles)
+        except NeurofuseError as exc:
+            results[i] = exc
+            continue
+        key = (ya.shape, tuple(sorted((k, repr(v)) for k, v in mopts.items())))
+        groups.setdefault(key, []).append((i, a, b, ya, yb, mopts, out))
+    for items in groups.values():
+        try:
+            fused = fuse_many([(it[3], it[4]) for it in items], opts.method, **items[0][5])
+        except NeurofuseError as exc:
+            for it in items:
+                results[it[0]] = exc
+            continue
+        for (i, a, b, ya, yb, _, out), f in zip(items, fused, strict=True):
+            try:
+                check_result(f, ya, yb, opts.method, out)
+                f = f if opts.gray else merge_colour(f, a, b)
+                results[i] = write_image(out, f, reference=a, bit_depth=opts.bit_depth, dtype=opts.dtype,
+                                         overwrite=opts.overwrite)
+            except NeurofuseError as exc:
+                results[i] = exc
+    return results  # type: ignore[return-value]

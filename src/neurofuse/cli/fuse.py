@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -22,7 +23,14 @@ from neurofuse.io import (
     remove_stale_partials,
     suffix_of,
 )
-from neurofuse.pipeline import FuseOptions, check_method_options, check_not_input, fuse_files
+from neurofuse.pipeline import (
+    FuseOptions,
+    check_method_options,
+    check_not_input,
+    fuse_files,
+    fuse_files_many,
+    spatial_dims_of,
+)
 
 _common = [
     click.option(
@@ -117,13 +125,27 @@ def _targets(pairs, out_dir: Path, ext: str | None) -> list[Path]:
     return targets
 
 
+def _fuse_jobs(jobs: list, opts: FuseOptions, mopts: dict) -> list:
+    """Path or NeurofuseError of each (name, A, B, OUT) job: one job by `fuse_files`, several as a batch."""
+    if len(jobs) != 1:
+        return fuse_files_many([(pa, pb, target) for _, pa, pb, target in jobs], opts, **mopts) if jobs else []
+    _, pa, pb, target = jobs[0]
+    try:
+        return [fuse_files(pa, pb, target, opts, **mopts)]
+    except NeurofuseError as exc:
+        return [exc]
+
+
 @main.command("fuse-dir")
 @click.argument("dir_a", type=click.Path(path_type=Path))
 @click.argument("dir_b", type=click.Path(path_type=Path))
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder (created).")
 @click.option("--ext", default=None, help="Output extension (default: that of the A file).")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Learned methods on 2D pairs: pairs per forward pass (the model is loaded once either way).")
 @_with_common
-def fuse_dir_cmd(dir_a, dir_b, out_dir, ext, method, resample, overwrite, gray, clip, bit_depth, dtype, pair, options):
+def fuse_dir_cmd(dir_a, dir_b, out_dir, ext, batch_size, method, resample, overwrite, gray, clip, bit_depth, dtype,
+                 pair, options):
     """Fuse every pair of files with the same name in DIR_A and DIR_B (resumable).
 
     Existing outputs are skipped (unless --overwrite); several runs may share one output folder (each
@@ -148,26 +170,33 @@ def fuse_dir_cmd(dir_a, dir_b, out_dir, ext, method, resample, overwrite, gray, 
     remove_stale_locks(out_dir)
     done = skipped = busy = 0
     failed: list[str] = []
-    for (name, pa, pb), target in zip(tqdm(pairs, desc=f"fuse-dir {method}", unit="pair"), targets, strict=True):
-        if target.exists() and not overwrite:
-            skipped += 1
-            continue
-        with claim_output(target) as mine:
-            if not mine:
-                busy += 1
-                continue
-            if target.exists() and not overwrite:  # written by another run since we looked
-                skipped += 1
-                continue
-            try:
-                fuse_files(pa, pb, target, opts, **mopts)
-                done += 1
-            except NeurofuseError as exc:
-                if not _about_pair(exc, pa, pb, target):
+    batched = get_method(method).kind == "learned" and spatial_dims_of(pairs[0][1]) == 2
+    step = batch_size if batched else 1
+    bar = tqdm(total=len(pairs), desc=f"fuse-dir {method}", unit="pair")
+    for start in range(0, len(pairs), step):
+        with contextlib.ExitStack() as claims:
+            jobs = []
+            for (name, pa, pb), target in zip(pairs[start : start + step], targets[start : start + step], strict=True):
+                if target.exists() and not overwrite:
+                    skipped += 1
+                elif not claims.enter_context(claim_output(target)):
+                    busy += 1
+                elif target.exists() and not overwrite:  # written by another run since we looked
+                    skipped += 1
+                else:
+                    jobs.append((name, pa, pb, target))
+            for (name, pa, pb, target), result in zip(jobs, _fuse_jobs(jobs, opts, mopts), strict=True):
+                if not isinstance(result, NeurofuseError):
+                    done += 1
+                    continue
+                if not _about_pair(result, pa, pb, target):
+                    bar.close()
                     click.echo(f"stopped at {name}: {done} fused, {skipped} skipped (exist) -> {out_dir}")
-                    raise
+                    raise result
                 failed.append(name)
-                tqdm.write(f"error: {exc}", file=sys.stderr)
+                tqdm.write(f"error: {result}", file=sys.stderr)
+        bar.update(min(step, len(pairs) - start))
+    bar.close()
     others = f", {busy} left to another run writing {out_dir}" if busy else ""
     click.echo(f"{done} fused, {skipped} skipped (exist), {len(failed)} failed{others} -> {out_dir}")
     if failed:
