@@ -150,3 +150,14 @@ def test_gain_jitter_scales_inputs_within_bounds(pairs):
                 ratios.append(float(y[k].max() / x[k].max()))
     assert min(ratios) >= 0.6 - 1e-6 and max(ratios) <= 1.0 + 1e-6
     assert any(r < 0.999 for r in ratios) and any(r > 0.999 for r in ratios)
+
+
+def test_weight_decay_spares_biases_and_norms(pairs, tmp_path):
+    """Issue 17 bug 5: weight decay only on conv weights (TinyFuse: 2 conv weights; biases and BatchNorm exempt)."""
+    out = tmp_path / "wd"
+    train(_cfg(pairs, out, weight_decay=0.1, max_steps=1, epochs=1, val_metrics=False), model=_seeded())
+    state = torch.load(out / "last_state.pt", weights_only=True)
+    groups = {g["weight_decay"]: g for g in state["optimizer"]["param_groups"]}
+    assert sorted(groups) == [0.0, 0.1]
+    assert sorted(groups[0.1]["names"]) == ["body.0.weight", "body.4.weight"]
+    assert sorted(groups[0.0]["names"]) == ["body.0.bias", "body.1.bias", "body.1.weight", "body.4.bias"]

@@ -48,6 +48,7 @@ from neurofuse.brats import PreprocessConfig
 from neurofuse.data import HarvardPairs, VolumePairs
 from neurofuse.errors import InputError, NeurofuseError, UsageError
 from neurofuse.io import atomic_write_path, write_csv, write_text
+from neurofuse.models.optim import param_groups
 from neurofuse.models.pretrained import get_pretrained_cfg, split_name
 from neurofuse.models.registry import create_model, load_weights
 from neurofuse.precision import PRECISIONS, resolve_precision
@@ -545,7 +546,9 @@ def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, loc
 
     params = [p for p in model.parameters() if p.requires_grad]
     # The fused kernel (CPU and CUDA) does one pass over all parameters instead of ~10 small ops each.
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=cfg.fused_adam)
+    # Weight decay only on conv/linear/attention weights (A_log, D, biases and norms exempt, as mamba-ssm).
+    groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
+    opt = torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, fused=cfg.fused_adam)
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     steps_per_epoch = len(sampler) // cfg.batch_size
     if steps_per_epoch == 0:
