@@ -7,8 +7,10 @@ Registering costs nothing: torch and the models are imported only when a learned
 `neurofuse methods` and classical fusion never load them.
 
 Method options: `weights` (a .safetensors file), `pretrained` (a shipped tag), `device` (cpu|cuda),
-`precision` (auto|fp32|bf16, `neurofuse.precision`), `window` (sliding-window size; default 128 for
-3D, whole image in 2D), `overlap` (default 0.25).
+`precision` (auto|fp32|bf16, `neurofuse.precision`), and how a volume is windowed
+(`neurofuse.inference.window_options`): `crop` (fuse only the foreground box; default true in 3D),
+`margin` (8), `max_voxels` (one pass up to this many voxels, the fewest windows beyond; 3D default
+about 6.7M), `window` (a fixed sliding-window size instead), `overlap` (0.25), `blend` (taper).
 """
 
 from __future__ import annotations
@@ -71,18 +73,18 @@ def register_learned_method(method_name: str, models: Mapping[int, str], descrip
         precision: str = "auto",
         window: int | str | None = None,
         overlap: float | str = 0.25,
+        crop: bool | str | None = None,
+        margin: int | str = 8,
+        max_voxels: int | str | None = None,
+        blend: str = "taper",
     ) -> np.ndarray:
         if a.ndim not in names:
             raise UsageError(f"method {method_name!r} supports {tuple(names)}D input, got {a.ndim}D")
-        from neurofuse.inference import _load_model, fuse_with_model
+        from neurofuse.inference import _load_model, fuse_with_model, window_options
 
+        opts = window_options(a.ndim, window, overlap, crop, margin, max_voxels, blend)
         model = _load_model(names[a.ndim], None if weights is None else str(weights), pretrained)
-        if window is None and a.ndim == 3:
-            window = 128
-        win = None if window is None else int(window)
-        return fuse_with_model(
-            model, a, b, device=str(device), precision=str(precision), window=win, overlap=float(overlap)
-        )
+        return fuse_with_model(model, a, b, device=str(device), precision=str(precision), **opts)
 
     fuse_fn.__name__ = f"fuse_{method_name}"
 
