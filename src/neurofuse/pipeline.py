@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neurofuse.errors import NeurofuseError, ResultError, UsageError
+from neurofuse.errors import InputError, NeurofuseError, ResultError, UsageError
 from neurofuse.fusion import fuse, fuse_many, get_method
 from neurofuse.io import (
     IMAGE_2D_EXTS,
@@ -167,21 +167,79 @@ def merge_colour(f: np.ndarray, a: Image, b: Image) -> np.ndarray:
     return (ycbcr_to_rgb(ycc) / 255.0).astype(np.float32)
 
 
-def fuse_images(a: Image, b: Image, opts: FuseOptions, out: str | Path | None = None, **method_options) -> np.ndarray:
-    """Fused array ready to write: 2D gray/RGB or 3D in [0, 1] on `a`'s grid (checked by `check_result`)."""
-    ya, yb = fusion_inputs(a, b, opts.clip_percentiles)
-    f = fuse(ya, yb, opts.method, **method_options)
-    check_result(f, ya, yb, opts.method, out)
-    del ya, yb
-    return f if opts.gray else merge_colour(f, a, b)
+# Peak memory of `fuse_files` on volumes, in bytes per voxel of the fused grid (the two [0, 1] inputs
+# included), measured as peak RSS above the import baseline at 256x256x128 and 512x512x400 float32
+# (dwt: 2498 MiB peak at 512x512x400) and rounded up (docs/robustness.md). Learned 3D methods run the
+# network on passes (windows, or the whole foreground box) of a bounded size: a cost per pass voxel
+# (activations; about 300 B with the low-memory forward), a fixed cost (model, torch), and the input,
+# accumulator and blend-weight arrays per voxel of the volume.
+BYTES_PER_VOXEL = {"average": 18, "maximum": 18, "pca": 18, "dwt": 26, "laplacian": 38}
+UNKNOWN_BYTES_PER_VOXEL = 40
+LEARNED_BYTES_PER_VOXEL = 34
+LEARNED_PASS_BYTES_PER_VOXEL = 300
+LEARNED_PASS_VOXELS = 6_700_000  # the learned 3D method's default largest pass (a 2 GB budget)
+LEARNED_FIXED_BYTES = 3 * 2**28  # model and torch runtime; covers the 1142 and 1339 MiB measured at 128^3, 224x128x128
+
+
+def estimate_memory(shape: tuple[int, ...], method: str, itemsize: int = 4, window: int | None = None) -> int:
+    """Peak bytes `fuse_files` needs to fuse two volumes of `shape` (native values of `itemsize` bytes);
+    `window`: a learned method's explicit sliding-window side."""
+    n = int(np.prod(shape))
+    loading = n * (2 * itemsize + 8)  # both native arrays and the [0, 1] copy being made
+    if get_method(method).kind == "learned":
+        per_pass = min(n, LEARNED_PASS_VOXELS if window is None else int(window) ** len(shape))
+        fusing = n * LEARNED_BYTES_PER_VOXEL + per_pass * LEARNED_PASS_BYTES_PER_VOXEL + LEARNED_FIXED_BYTES
+    else:
+        fusing = n * BYTES_PER_VOXEL.get(method, UNKNOWN_BYTES_PER_VOXEL)
+    return max(loading, fusing)
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: MemAvailable, or less under a cgroup limit; None if unknown."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            avail = min(avail or 1 << 62, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def check_memory(path_a: str | Path, method: str, method_options: dict) -> None:
+    """InputError before reading a volume whose fusion would not fit in the memory available."""
+    if suffix_of(path_a) not in NIFTI_EXTS or not Path(path_a).is_file():
+        return  # 2D images are small; DICOM and unreadable files are left to the reader
+    try:
+        import nibabel as nib
+
+        img = nib.load(str(path_a))  # the header only
+        shape, itemsize = img.shape[:3], img.get_data_dtype().itemsize
+    except Exception:  # the reader will say what is wrong with the file
+        return
+    window = method_options.get("window")
+    need = estimate_memory(shape, method, itemsize, window if isinstance(window, int) else None)
+    avail = available_memory()
+    if avail is not None and need > avail:
+        size = "x".join(map(str, shape))
+        raise InputError(f"{path_a}: fusing {size} volumes with {method} needs about {need / 2**30:.1f} GiB of "
+                         f"memory, {max(avail, 0) / 2**30:.1f} GiB is available; free memory or crop the volumes")
 
 
 def preflight(path_a: str | Path, path_b: str | Path, out: str | Path, opts: FuseOptions, method_options: dict) -> None:
-    """Everything checkable before reading the inputs: method, options, clip range, output path."""
+    """Everything checkable before reading the inputs: method, options, clip range, output path, memory."""
     get_method(opts.method)
     check_method_options(opts.method, method_options)
     check_clip(opts.clip_percentiles)
     check_output(Path(out), spatial_dims_of(path_a), opts.overwrite, (path_a, path_b))
+    check_memory(path_a, opts.method, method_options)
 
 
 def fuse_files(path_a: str | Path, path_b: str | Path, out: str | Path, opts: FuseOptions, **method_options) -> Path:
@@ -191,8 +249,15 @@ def fuse_files(path_a: str | Path, path_b: str | Path, out: str | Path, opts: Fu
     method_options = learned_options(opts.method, (path_a, path_b), opts.pair, method_options)
     a, b = load_pair(path_a, path_b, resample=opts.resample)
     check_output(out, a.spatial_dims, opts.overwrite, (path_a, path_b))
-    fused = fuse_images(a, b, opts, out, **method_options)
-    return write_image(out, fused, reference=a, bit_depth=opts.bit_depth, dtype=opts.dtype, overwrite=opts.overwrite)
+    ya, yb = fusion_inputs(a, b, opts.clip_percentiles)
+    colour = None if opts.gray else b if b.is_color else a if a.is_color else None
+    ref, a, b = a.geometry_only(), None, None  # the native values are not needed any more: free them
+    fused = fuse(ya, yb, opts.method, **method_options)
+    check_result(fused, ya, yb, opts.method, out)
+    del ya, yb
+    if colour is not None:
+        fused = merge_colour(fused, ref, colour)
+    return write_image(out, fused, reference=ref, bit_depth=opts.bit_depth, dtype=opts.dtype, overwrite=opts.overwrite)
 
 
 def brats_outputs(out: Path, case_id: str, method: str, dims: tuple[int, ...]) -> dict[int, Path]:
