@@ -161,3 +161,34 @@ def test_weight_decay_spares_biases_and_norms(pairs, tmp_path):
     assert sorted(groups) == [0.0, 0.1]
     assert sorted(groups[0.1]["names"]) == ["body.0.weight", "body.4.weight"]
     assert sorted(groups[0.0]["names"]) == ["body.0.bias", "body.1.bias", "body.1.weight", "body.4.bias"]
+
+
+class OneStage(TinyFuse):
+    training_stages = ["only"]
+
+    def set_stage(self, name: str) -> None:
+        self.stage = name
+
+
+def test_train_leaves_the_callers_config_alone(pairs, tmp_path):
+    """Issue 17 bug 4: the default stage is filled in the trainer's copy, not in the caller's config."""
+    cfg = _cfg(pairs, tmp_path / "st", max_steps=1, epochs=1, val_metrics=False)
+    model = OneStage()
+    train(cfg, model=model)
+    assert cfg.stage is None and model.stage == "only"
+
+
+def test_deadline_flag_lives_on_the_training_device(monkeypatch):
+    """Issue 17 bug 3: with several processes the time-out flag is all-reduced on the run's device (nccl
+    reduces CUDA tensors only), not on the CPU."""
+    import neurofuse.train as T
+
+    seen = []
+    monkeypatch.setattr(T.dist, "all_reduce", lambda t, op=None: seen.append(t.device))
+    trainer = T.Trainer.__new__(T.Trainer)
+    trainer.device, trainer.world = torch.device("cpu"), 2
+    assert trainer._out_of_time(0.0) is True and seen == [torch.device("cpu")]
+    trainer.device = torch.device("meta")
+    with pytest.raises(Exception):  # noqa: B017 (a meta tensor has no value; what matters is where it was made)
+        trainer._out_of_time(0.0)
+    assert seen[-1] == torch.device("meta")

@@ -48,6 +48,7 @@ from neurofuse.brats import PreprocessConfig
 from neurofuse.data import HarvardPairs, VolumePairs
 from neurofuse.errors import InputError, NeurofuseError, UsageError
 from neurofuse.io import atomic_write_path, write_csv, write_text
+from neurofuse.metrics import compute_metrics
 from neurofuse.models.optim import param_groups
 from neurofuse.models.pretrained import get_pretrained_cfg, split_name
 from neurofuse.models.registry import create_model, load_weights
@@ -393,17 +394,6 @@ def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractCont
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
 
 
-def _metrics_fn(enabled: bool):
-    """`neurofuse.metrics.compute_metrics` when validation metrics are wanted and available, else None."""
-    if not enabled:
-        return None
-    try:
-        from neurofuse.metrics import compute_metrics
-    except ImportError:
-        return None
-    return compute_metrics
-
-
 def _prep(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -416,7 +406,7 @@ def evaluate(model: nn.Module, data: Dataset, cfg: TrainConfig, device: torch.de
 
     With `cfg.val_limit` N, N items evenly spaced over the (id-sorted) set, so every case is represented.
     """
-    metrics = _metrics_fn(cfg.val_metrics)
+    metrics = compute_metrics if cfg.val_metrics else None
     n = len(data) if cfg.val_limit is None else max(1, min(cfg.val_limit, len(data)))
     chosen = sorted({round(i * (len(data) - 1) / max(n - 1, 1)) for i in range(n)})
     sums: dict[str, float] = {}
@@ -503,211 +493,258 @@ def _distributed(device_hint: str) -> Iterator[tuple[int, int, int]]:
 
 
 def train(cfg: TrainConfig, model: nn.Module | None = None) -> TrainResult:
-    """Train `cfg.model` (or the given `model`, for callers with unregistered models) on `cfg.data`."""
+    """Train `cfg.model` (or the given `model`, for callers with unregistered models) on `cfg.data`.
+
+    `cfg` is not changed (a multi-stage model's default stage is filled in a copy).
+    """
+    cfg = dataclasses.replace(cfg)
     cfg.validate()
     with _distributed(cfg.device) as (rank, world, local_rank):
-        return _train(cfg, model, rank, world, local_rank)
+        return Trainer(cfg, model, rank, world, local_rank).run()
 
 
-def _train(cfg: TrainConfig, model: nn.Module | None, rank: int, world: int, local_rank: int) -> TrainResult:
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-        import numba  # the CPU scan's kernels run on numba's own thread pool
+class Trainer:
+    """One training run: `__init__` sets up (device, model, data, EMA, optimiser) and starts, resumes or
+    continues a snapshot; `run` loops over `train_step`, `validate` and `checkpoint` until the schedule,
+    `max_steps` or `max_minutes` ends it. Rank 0 writes every file."""
 
-        numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
-    device = _resolve_device(cfg, local_rank)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    out = Path(cfg.out)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    if model is None:
-        model = create_model(cfg.model, **cfg.model_args)
-    _check_protocol(model, cfg.model)
-    stages = _apply_stage(model, cfg)
-    if cfg.init is not None:
-        load_weights(model, resolve_init(cfg.init))
-    snapshot = None if cfg.continue_from is None else read_snapshot(cfg.continue_from)
-    if snapshot is not None and not cfg.resume:
-        load_weights(model, snapshot["weights_path"])
-    train_ds, val_ds, data_dims = build_datasets(cfg)
-    if data_dims != model.spatial_dims:
-        raise UsageError(f"{cfg.data}: {data_dims}D data but model {cfg.model!r} is {model.spatial_dims}D")
-    channels_last = cfg.channels_last and model.spatial_dims == 2
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    model.train()
-    ema = None
-    if cfg.ema is not None:  # torch's own EMA wrapper; buffers (norm statistics) are averaged too
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    def __init__(self, cfg: TrainConfig, model: nn.Module | None = None, rank: int = 0, world: int = 1,
+                 local_rank: int = 0) -> None:
+        self.cfg, self.rank, self.world = cfg, rank, world
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+            import numba  # the CPU scan's kernels run on numba's own thread pool
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    # The fused kernel (CPU and CUDA) does one pass over all parameters instead of ~10 small ops each.
-    # Weight decay only on conv/linear/attention weights (A_log, D, biases and norms exempt, as mamba-ssm).
-    groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
-    opt = torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, fused=cfg.fused_adam)
-    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    steps_per_epoch = len(sampler) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise InputError(f"{cfg.data}: {len(train_ds)} training items are fewer than one batch per process "
-                         f"(batch {cfg.batch_size} x {world} processes)")
-    total_steps = cfg.epochs * steps_per_epoch
-
-    step, seconds, best, rows = 0, 0.0, None, []
-    seen = {"images": 0, "pixels": 0, "pixels_full": 0}  # training items and pixels (voxels) seen, all ranks
-    full_shape = train_ds.item_shape  # a batch of this shape is whole images (counted in pixels_full)
-    acc: dict[str, float] = {}  # sums of train loss terms since the last validation row
-    acc_n = 0
-    if snapshot is not None and not cfg.resume:
-        step = int(snapshot["step"])
-        seen = {k: int(snapshot.get(k, 0)) for k in seen}
-        if step >= total_steps:
-            raise UsageError(f"{cfg.continue_from}: the snapshot is at step {step}, the schedule ends at "
-                             f"{total_steps}; raise epochs to continue")
-    if cfg.resume:
-        state_path = out / "last_state.pt"
-        if not state_path.is_file():
-            raise UsageError(f"{state_path}: nothing to resume (no last checkpoint in {out})")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        _check_resume_config(state["config"], cfg, state_path)
-        load_weights(model, out / "last.safetensors")
-        opt.load_state_dict(state["optimizer"])
-        step, seconds, best = state["step"], state["seconds"], state["best_val_loss"]
-        seen = {k: int(state.get("seen", {}).get(k, 0)) for k in seen}
-        if ema is not None:
-            load_weights(ema.module, out / "last_ema.safetensors")
-            ema.n_averaged.fill_(int(state["ema_n"]))
-        acc, acc_n = dict(state["train_sums"]), state["train_count"]
-        _set_rng_state(state["rng"], device)
-        rows = _read_log(out / "log.csv")
-    elif (out / "last_state.pt").is_file():
-        raise UsageError(f"{out}: holds a run already; continue it with --resume or choose another --out")
-    elif rank == 0:
-        write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-    net: nn.Module = _LossModule(model)
-    if world > 1:
-        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=bool(stages))
-    meta = {"model": cfg.model, "model_args": json.dumps(cfg.model_args), "stage": str(cfg.stage)}
-    shipped = model if ema is None else ema.module  # the weights validated, kept as best and shipped
-    max_steps = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
-    deadline = None if cfg.max_minutes is None else time.monotonic() + 60.0 * cfg.max_minutes
-
-    def checkpoint() -> None:
-        save_weights(model, out / "last.safetensors", {**meta, "step": str(step)})
-        if ema is not None:
-            save_weights(ema.module, out / "last_ema.safetensors", {**meta, "step": str(step), "ema": str(cfg.ema)})
-        _save_state(out / "last_state.pt", {
-            "step": step, "seconds": seconds, "best_val_loss": best, "optimizer": opt.state_dict(),
-            "schedule": {"kind": cfg.schedule, "step": step, "total_steps": total_steps}, "seen": dict(seen),
-            "ema_n": 0 if ema is None else int(ema.n_averaged), "rng": _rng_state(device),
-            "train_sums": acc, "train_count": acc_n, "config": cfg.to_dict()})
-        write_text(out / "progress.json", json.dumps(
-            {"model": cfg.model, "model_args": cfg.model_args, "step": step, "total_steps": total_steps,
-             "epoch": round(step / steps_per_epoch, 4), **seen, "train_seconds": round(seconds, 1),
-             "weights": "last_ema.safetensors" if ema is not None else "last.safetensors",
-             "machine": machine_summary(device), "last_val": rows[-1] if rows else None,
-             "config": cfg.to_dict()}, indent=1))
-
-    def validate(final: bool = False) -> None:
-        nonlocal best, acc, acc_n
+            numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
+        self.device = device = _resolve_device(cfg, local_rank)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        self.out = Path(cfg.out)
         if rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        self.model = model = create_model(cfg.model, **cfg.model_args) if model is None else model
+        _check_protocol(model, cfg.model)
+        stages = _apply_stage(model, cfg)
+        if cfg.init is not None:
+            load_weights(model, resolve_init(cfg.init))
+        snapshot = None if cfg.continue_from is None or cfg.resume else read_snapshot(cfg.continue_from)
+        if snapshot is not None:
+            load_weights(model, snapshot["weights_path"])
+        self.train_ds, self.val_ds, data_dims = build_datasets(cfg)
+        if data_dims != model.spatial_dims:
+            raise UsageError(f"{cfg.data}: {data_dims}D data but model {cfg.model!r} is {model.spatial_dims}D")
+        self.channels_last = cfg.channels_last and model.spatial_dims == 2
+        model.to(device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        model.train()
+        self.ema = None
+        if cfg.ema is not None:  # torch's own EMA wrapper; buffers (norm statistics) are averaged too
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        self.shipped = model if self.ema is None else self.ema.module  # validated, kept as best, shipped
+
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # Weight decay only on conv/linear/attention weights (A_log, D, biases and norms exempt, as mamba-ssm);
+        # the fused kernel (CPU and CUDA) does one pass over all parameters instead of ~10 small ops each.
+        groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
+        self.opt = torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, fused=cfg.fused_adam)
+        self.sampler = DistributedSampler(self.train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                          drop_last=True)
+        self.steps_per_epoch = len(self.sampler) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise InputError(f"{cfg.data}: {len(self.train_ds)} training items are fewer than one batch per "
+                             f"process (batch {cfg.batch_size} x {world} processes)")
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.max_steps = self.total_steps if cfg.max_steps is None else min(self.total_steps, cfg.max_steps)
+        self.full_shape = self.train_ds.item_shape  # a batch of this shape is whole images (pixels_full)
+
+        self.step, self.seconds, self.best, self.rows = 0, 0.0, None, []
+        self.seen = {"images": 0, "pixels": 0, "pixels_full": 0}  # training items and pixels seen, all ranks
+        self.acc: dict[str, float] = {}  # sums of train loss terms since the last validation row
+        self.acc_n = 0
+        if snapshot is not None:
+            self._continue(snapshot)
+        if cfg.resume:
+            self._resume()
+        elif (self.out / "last_state.pt").is_file():
+            raise UsageError(f"{self.out}: holds a run already; continue it with --resume or choose another --out")
+        elif rank == 0:
+            write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+        self.net: nn.Module = _LossModule(model)
+        if world > 1:
+            self.net = DistributedDataParallel(self.net, device_ids=[device.index] if device.type == "cuda" else None,
+                                               find_unused_parameters=bool(stages))
+        self.meta = {"model": cfg.model, "model_args": json.dumps(cfg.model_args), "stage": str(cfg.stage)}
+
+    # ------------------------------------------------------------------------------- start points
+    def _continue(self, snapshot: dict[str, Any]) -> None:
+        """Take a committed snapshot's schedule position (its weights are already loaded)."""
+        self.step = int(snapshot["step"])
+        self.seen = {k: int(snapshot.get(k, 0)) for k in self.seen}
+        if self.step >= self.total_steps:
+            raise UsageError(f"{self.cfg.continue_from}: the snapshot is at step {self.step}, the schedule ends at "
+                             f"{self.total_steps}; raise epochs to continue")
+
+    def _resume(self) -> None:
+        """Restore everything from `last_state.pt` and the last weights: the run continues bit-identically."""
+        state_path = self.out / "last_state.pt"
+        if not state_path.is_file():
+            raise UsageError(f"{state_path}: nothing to resume (no last checkpoint in {self.out})")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        _check_resume_config(state["config"], self.cfg, state_path)
+        load_weights(self.model, self.out / "last.safetensors")
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.seconds, self.best = state["step"], state["seconds"], state["best_val_loss"]
+        self.seen = {k: int(state.get("seen", {}).get(k, 0)) for k in self.seen}
+        if self.ema is not None:
+            load_weights(self.ema.module, self.out / "last_ema.safetensors")
+            self.ema.n_averaged.fill_(int(state["ema_n"]))
+        self.acc, self.acc_n = dict(state["train_sums"]), state["train_count"]
+        _set_rng_state(state["rng"], self.device)
+        self.rows = _read_log(self.out / "log.csv")
+
+    # --------------------------------------------------------------------------------- one step
+    def train_step(self, batch: dict[str, torch.Tensor]) -> float:
+        """One optimiser step on `batch`; updates the EMA and the counters; returns the loss."""
+        cfg, t0 = self.cfg, time.perf_counter()
+        a, b = (_prep(batch[k], self.device, self.channels_last) for k in ("a", "b"))
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(cfg, self.step, self.total_steps)
+        self.opt.zero_grad(set_to_none=True)
+        with _autocast(cfg, self.device):
+            loss, terms = self.net(a, b)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise NeurofuseError(f"{cfg.out}: training loss is {loss_value} at step {self.step + 1} ({cfg.precision}); "
+                                 "the last checkpoint is kept; try --precision fp32 or a lower lr")
+        loss.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.opt.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+        n_items, n_pixels = a.shape[0] * self.world, math.prod(a.shape[2:])
+        self.seen["images"] += n_items
+        self.seen["pixels"] += n_items * n_pixels
+        if tuple(a.shape[2:]) == self.full_shape:
+            self.seen["pixels_full"] += n_items * n_pixels
+        for k, v in {"loss": loss_value, **terms}.items():
+            self.acc[k] = self.acc.get(k, 0.0) + float(v)
+        self.acc_n += 1
+        self.seconds += time.perf_counter() - t0
+        return loss_value
+
+    # ------------------------------------------------------------------- validation and files
+    def validate(self, final: bool = False) -> None:
+        """Validate the shipped (EMA) weights, log a row, keep the best; `final` uses the whole val split."""
+        cfg = self.cfg
+        if self.rank == 0:
             every = final and cfg.final_val_all and cfg.val_limit is not None
             vcfg = dataclasses.replace(cfg, val_limit=None) if every else cfg
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                val = evaluate(shipped, val_ds, vcfg, device, channels_last)
-                if ema is not None and cfg.val_raw:
-                    raw = evaluate(model, val_ds, vcfg, device, channels_last)
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                val = evaluate(self.shipped, self.val_ds, vcfg, self.device, self.channels_last)
+                if self.ema is not None and cfg.val_raw:
+                    raw = evaluate(self.model, self.val_ds, vcfg, self.device, self.channels_last)
                     val.update({f"val_raw_{k[4:]}": v for k, v in raw.items()})
-            row = {"epoch": round(step / steps_per_epoch, 4), "step": step, **seen,
-                   "val_items": len(val_ds) if vcfg.val_limit is None else min(vcfg.val_limit, len(val_ds)),
-                   **{f"train_{k}": v / max(acc_n, 1) for k, v in acc.items()}, **val,
-                   "lr": lr_at(cfg, max(step - 1, 0), total_steps), "crop": crop_at(cfg, max(step - 1, 0), total_steps),
-                   "seconds": round(seconds, 2)}
-            rows.append(row)
-            write_csv(out / "log.csv", rows)
+            last = max(self.step - 1, 0)
+            n_val = len(self.val_ds) if vcfg.val_limit is None else min(vcfg.val_limit, len(self.val_ds))
+            row = {"epoch": round(self.step / self.steps_per_epoch, 4), "step": self.step, **self.seen,
+                   "val_items": n_val, **{f"train_{k}": v / max(self.acc_n, 1) for k, v in self.acc.items()}, **val,
+                   "lr": lr_at(cfg, last, self.total_steps), "crop": crop_at(cfg, last, self.total_steps),
+                   "seconds": round(self.seconds, 2)}
+            self.rows.append(row)
+            write_csv(self.out / "log.csv", self.rows)
             # Only validations on the same items compete for best (a whole-split final row is not compared).
-            comparable = not every
-            if comparable and math.isfinite(val["val_loss"]) and (best is None or val["val_loss"] < best):
-                best = val["val_loss"]
-                save_weights(shipped, out / "best.safetensors", {**meta, "step": str(step)})
-                write_text(out / "best.json", json.dumps(row, indent=1))
-        acc, acc_n = {}, 0
-        if world > 1:
+            if not every and math.isfinite(val["val_loss"]) and (self.best is None or val["val_loss"] < self.best):
+                self.best = val["val_loss"]
+                save_weights(self.shipped, self.out / "best.safetensors", {**self.meta, "step": str(self.step)})
+                write_text(self.out / "best.json", json.dumps(row, indent=1))
+        self.acc, self.acc_n = {}, 0
+        if self.world > 1:
             dist.barrier()
 
-    if cfg.validate_first and step == 0 and not rows:
-        validate()
-    stopped = "done"
-    while step < max_steps:
-        epoch, skip = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
+    def checkpoint(self) -> None:
+        """Last weights (and EMA), the resumable state and `progress.json` (rank 0)."""
+        cfg, meta = self.cfg, {**self.meta, "step": str(self.step)}
+        save_weights(self.model, self.out / "last.safetensors", meta)
+        if self.ema is not None:
+            save_weights(self.ema.module, self.out / "last_ema.safetensors", {**meta, "ema": str(cfg.ema)})
+        _save_state(self.out / "last_state.pt", {
+            "step": self.step, "seconds": self.seconds, "best_val_loss": self.best,
+            "optimizer": self.opt.state_dict(), "seen": dict(self.seen),
+            "ema_n": 0 if self.ema is None else int(self.ema.n_averaged), "rng": _rng_state(self.device),
+            "train_sums": self.acc, "train_count": self.acc_n, "config": cfg.to_dict()})
+        write_text(self.out / "progress.json", json.dumps(
+            {"model": cfg.model, "model_args": cfg.model_args, "step": self.step, "total_steps": self.total_steps,
+             "epoch": round(self.step / self.steps_per_epoch, 4), **self.seen,
+             "train_seconds": round(self.seconds, 1),
+             "weights": "last_ema.safetensors" if self.ema is not None else "last.safetensors",
+             "machine": machine_summary(self.device), "last_val": self.rows[-1] if self.rows else None,
+             "config": cfg.to_dict()}, indent=1))
+
+    # ------------------------------------------------------------------------------- the loop
+    def _loader(self) -> DataLoader:
+        """The rest of the current epoch's batches (seeded order; crop side from the schedule)."""
+        cfg = self.cfg
+        epoch, skip = divmod(self.step, self.steps_per_epoch)
+        self.sampler.set_epoch(epoch)
+        self.train_ds.set_epoch(epoch)
         if cfg.crop_schedule:
-            train_ds.set_crop(crop_at(cfg, step, total_steps))
-        indices = list(sampler)[skip * cfg.batch_size:]
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=indices, drop_last=True,
-                            num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        bar = tqdm(loader, total=steps_per_epoch - skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=rank != 0, dynamic_ncols=True)
-        for batch in bar:
-            t0 = time.perf_counter()
-            a, b = (_prep(batch[k], device, channels_last) for k in ("a", "b"))
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, step, total_steps)
-            opt.zero_grad(set_to_none=True)
-            with _autocast(cfg, device):
-                loss, terms = net(a, b)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise NeurofuseError(f"{cfg.out}: training loss is {loss_value} at step {step + 1} ({cfg.precision}); "
-                                     "the last checkpoint is kept; try --precision fp32 or a lower lr")
-            loss.backward()
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            step += 1
-            n_items = a.shape[0] * world
-            seen["images"] += n_items
-            seen["pixels"] += n_items * math.prod(a.shape[2:])
-            if tuple(a.shape[2:]) == full_shape:
-                seen["pixels_full"] += n_items * math.prod(a.shape[2:])
-            for k, v in {"loss": loss_value, **terms}.items():
-                acc[k] = acc.get(k, 0.0) + float(v)
-            acc_n += 1
-            seconds += time.perf_counter() - t0
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_at(cfg, step - 1, total_steps):.2e}")
-            stop = step >= max_steps
-            if cfg.crop_schedule and crop_at(cfg, step, total_steps) != crop_at(cfg, step - 1, total_steps):
-                break  # the next batches use the next crop side: start a fresh loader at this step
-            if deadline is not None:
-                flag = torch.tensor(float(time.monotonic() >= deadline))
-                if world > 1:
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                if flag.item() > 0:
-                    stop, stopped = True, "max_minutes"
-            if stop:
+            self.train_ds.set_crop(crop_at(cfg, self.step, self.total_steps))
+        indices = list(self.sampler)[skip * cfg.batch_size:]
+        return DataLoader(self.train_ds, batch_size=cfg.batch_size, sampler=indices, drop_last=True,
+                          num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(cfg.seed + epoch))
+
+    def _out_of_time(self, deadline: float | None) -> bool:
+        if deadline is None:
+            return False
+        # On the device the process group uses (nccl reduces CUDA tensors only).
+        flag = torch.tensor(float(time.monotonic() >= deadline), device=self.device)
+        if self.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        deadline = None if cfg.max_minutes is None else time.monotonic() + 60.0 * cfg.max_minutes
+        if cfg.validate_first and self.step == 0 and not self.rows:
+            self.validate()
+        stopped = "done"
+        while self.step < self.max_steps:
+            epoch = self.step // self.steps_per_epoch
+            bar = tqdm(self._loader(), total=self.steps_per_epoch - self.step % self.steps_per_epoch,
+                       desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=self.rank != 0, dynamic_ncols=True)
+            for batch in bar:
+                loss = self.train_step(batch)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr_at(cfg, self.step - 1, self.total_steps):.2e}")
+                if self.step >= self.max_steps:
+                    break
+                if cfg.crop_schedule and crop_at(cfg, self.step, self.total_steps) != crop_at(
+                        cfg, self.step - 1, self.total_steps):
+                    break  # the next batches use the next crop side: a fresh loader at this step
+                if self._out_of_time(deadline):
+                    stopped = "max_minutes"
+                    break
+            bar.close()
+            done_epochs, into_epoch = divmod(self.step, self.steps_per_epoch)
+            epoch_end = into_epoch == 0 and done_epochs % cfg.val_every == 0
+            if self.step >= self.max_steps or stopped != "done":
+                self.validate(final=True)
+            elif epoch_end:
+                self.validate()
+            if self.rank == 0:
+                self.checkpoint()
+            if stopped != "done":
                 break
-        bar.close()
-        epoch_end = step % steps_per_epoch == 0 and (step // steps_per_epoch) % cfg.val_every == 0
-        if step >= max_steps or stopped != "done":
-            validate(final=True)
-        elif epoch_end:
-            validate()
-        if rank == 0:
-            checkpoint()
-        if stopped != "done":
-            break
-    if world > 1:  # DDP syncs buffers (BatchNorm statistics) before each forward; align the final ones too
-        for buf in model.buffers():
-            dist.broadcast(buf, src=0)
-    if stopped == "done" and step < total_steps:
-        stopped = "max_steps"
-    return TrainResult(out=out, step=step, total_steps=total_steps, stopped=stopped, best_val_loss=best, model=model)
+        if self.world > 1:  # DDP syncs buffers (BatchNorm statistics) before each forward; align the final ones
+            for buf in self.model.buffers():
+                dist.broadcast(buf, src=0)
+        if stopped == "done" and self.step < self.total_steps:
+            stopped = "max_steps"
+        return TrainResult(out=self.out, step=self.step, total_steps=self.total_steps, stopped=stopped,
+                           best_val_loss=self.best, model=self.model)
