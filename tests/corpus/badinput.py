@@ -648,6 +648,15 @@ def evaluate_truncated_fused(d):
 
 
 @case
+def evaluate_output_is_a_folder(d):
+    da, db = two_dirs(d)
+    shutil.copytree(da, d / "F")
+    (d / "res.csv").mkdir()
+    return Case(["evaluate", "--a", da, "--b", db, "--fused", d / "F", "-o", d / "res.csv"], 2,
+                ("res.csv", "is a folder"))
+
+
+@case
 def evaluate_two_files_only(d):
     a, b = pair2d(d)
     return Case(["evaluate", a, b], 2, ("three files",))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from neurofuse.cli.app import main
 from neurofuse.cli.lazy import LazyChoice
 from neurofuse.cli.options import echo_unpaired, no_progress_option, pair_source_options
 from neurofuse.errors import UsageError
+from neurofuse.io import check_writable
 
 
 def _presets() -> list[str]:
@@ -51,6 +54,9 @@ def evaluate_cmd(triplet, data, dir_a, dir_b, pattern, split, split_file, dir_f,
         raise UsageError("missing input: give A B F files, or --fused with --a and --b (or --data)")
     if not output:
         raise UsageError("folders need an output CSV: -o results.csv")
+    stem = Path(output).with_suffix("")
+    for target in (Path(output), Path(f"{stem}_summary.csv"), Path(f"{stem}_summary.md")):
+        check_writable(target)  # before the metrics are computed, not after
     from neurofuse.layouts import find_pairs, select_split
 
     ps = find_pairs(data, dir_a, dir_b, tuple(pattern) if pattern else None)
