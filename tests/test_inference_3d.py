@@ -264,3 +264,17 @@ def test_no_seams_real_volume(data_dir):
     model = create_model("clinicalfmamba_3d", pretrained="brats").eval()
     (taper,) = _seams(model, a, b, mask, 32, ("taper",))
     assert taper < 1.2
+
+
+def test_reuse_freed_memory_changes_nothing_but_the_allocator():
+    from neurofuse.inference import reuse_freed_memory
+
+    torch.manual_seed(0)
+    model = PointwiseFusion()
+    a, b, _ = phantom(shape=(24, 20, 16))
+    plain = fuse_with_model(model, a, b, progress=False)
+    with reuse_freed_memory():
+        inside = fuse_with_model(model, a, b, progress=False)
+    with reuse_freed_memory(enabled=False):
+        pass
+    np.testing.assert_array_equal(inside, plain)
