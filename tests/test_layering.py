@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models / metrics / data", ("neurofuse.models", "neurofuse.metrics", "neurofuse.data", "neurofuse.brats",
                                  "neurofuse.synthetic")),
     ("fusion", ("neurofuse.fusion", "neurofuse.baselines", "neurofuse.learned", "neurofuse.inference",
-                "neurofuse.pipeline", "neurofuse")),
+                "neurofuse.pipeline", "neurofuse.registration", "neurofuse")),
     ("apps", ("neurofuse.train", "neurofuse.evaluate", "neurofuse.benchmark", "neurofuse.classify",
               "neurofuse.curves")),
     ("cli", ("neurofuse.cli", "neurofuse.__main__", "neurofuse.demo")),
