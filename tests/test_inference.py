@@ -89,6 +89,7 @@ def test_clinicalfmamba_is_a_learned_2d_3d_method():
 
 
 def test_register_learned_method_picks_model_by_ndim(tmp_path, monkeypatch):
+    fusion.list_methods()  # load the providers first: the copy must hold them when it is restored
     monkeypatch.setattr(fusion, "_METHODS", dict(fusion._METHODS))
     register_learned_method("tiny_cfm_test", {2: "clinicalfmamba_2d", 3: "clinicalfmamba_3d"}, "test")
     assert fusion.get_method("tiny_cfm_test").spatial_dims == (2, 3)

@@ -20,6 +20,7 @@ from neurofuse.models import create_model, registry
 @pytest.fixture
 def tiny_method(tmp_path, monkeypatch):
     """A learned method `tiny_batch` running clinicalfmamba_2d_tiny from a weights file."""
+    fusion.list_methods()  # load the providers first: the copy must hold them when it is restored
     monkeypatch.setattr(fusion, "_METHODS", dict(fusion._METHODS))
     register_learned_method("tiny_batch", {2: "clinicalfmamba_2d_tiny"}, "test")
     torch.manual_seed(0)
