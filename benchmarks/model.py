@@ -1,20 +1,40 @@
-"""ClinicalFMamba speed: parameters, forward latency (2D 128^2 and 256^2 pairs, a 3D 128^3 volume; fp32 and
-bf16 autocast) and one 2D training step (batch 8 of 96x96 crops), measured in one run; optional
-torch.profiler breakdown of a training step (scan vs copies vs convs vs matmuls).
+"""ClinicalFMamba speed against the machine's own FLOP floor, measured in one run.
 
-    .venv/bin/python benchmarks/model.py [--device cpu] [--threads N] [--repeats 3] [--no-3d] [--profile]
+The run first measures this machine's matmul peak (best of several square `torch.mm`, fp32, and
+bf16 where the CPU or GPU computes it natively, `neurofuse.precision.native_bf16`), then times each
+case (median of `--repeats` after a warm-up) and counts its FLOPs with
+`torch.utils.flop_counter.FlopCounterMode`. Floor = FLOPs / matmul peak of the case's precision;
+share = floor / time (100% would be a model that is all peak-speed matmul).
+
+What the FLOP counter leaves out: it counts only matmul-like aten ops (mm, addmm, bmm, convolution
+and their backward). It does not see the selective scan (a numba kernel behind a custom autograd
+function, about 9 FLOPs per element of (batch, d_inner, L, d_state) forward), nor elementwise ops,
+norms, activations, softplus, pooling, interpolation, copies and the optimiser. Those are real work
+the floor does not credit, so a share well below 100% is expected even for perfect code.
+
+Cases: 2D forward 128^2 and 256^2 (one pair), 2D training step (batch 8 x 128^2, Adam), 3D forward
+128^3 (one pair; FLOPs counted at 64^3 and scaled by 8, exact because every counted op is per voxel
+or per latent token), 3D training step (one 64^3 pair). Prints the CPU model and its vector/matrix
+flags, and writes the table as Markdown and CSV with `--out DIR` (model.md, model.csv).
+
+    .venv/bin/python benchmarks/model.py [--device cpu] [--threads N] [--repeats 3] [--out DIR]
+        [--only 2d|3d] [--no-bf16] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import platform
 import statistics
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
 from neurofuse.models import create_model
+from neurofuse.precision import native_bf16
 from neurofuse.ssm.scan import available_backends
 
 CATEGORIES = (  # (category, substrings of profiler op names), first match wins
@@ -29,6 +49,23 @@ CATEGORIES = (  # (category, substrings of profiler op names), first match wins
                      "pow", "max", "mean", "sum", "abs", "neg", "clamp", "threshold")),
     ("optimizer", ("adam", "foreach", "lerp")),
 )
+FLAGS_SHOWN = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile", "amx_bf16",
+               "amx_int8")
+
+
+def cpu_description() -> tuple[str, list[str]]:
+    """The CPU model name and which of FLAGS_SHOWN it has (from /proc/cpuinfo, else platform)."""
+    model, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            if key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return model or platform.processor() or platform.machine(), [f for f in FLAGS_SHOWN if f in flags]
 
 
 def _sync(device: torch.device) -> None:
@@ -36,8 +73,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up (kernel compilation, allocator)
+def _time(fn, device: torch.device, repeats: int, warmup=None) -> float:
+    (warmup or fn)()  # warm-up (kernel compilation, allocator)
     times = []
     for _ in range(repeats):
         _sync(device)
@@ -48,28 +85,62 @@ def _time(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def forward_latency(name: str, shape: tuple[int, ...], device: torch.device, bf16: bool, repeats: int) -> float:
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
+    """This machine's matmul speed in FLOP/s: the best of `repeats` n x n x n products."""
+    x, y = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(x, y)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        torch.mm(x, y)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def count_flops(fn) -> int:
+    """FLOPs of one call of `fn` as torch's FlopCounterMode counts them (matmul-like ops only)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _pair(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(shape, generator=g).to(device), torch.rand(shape, generator=g).to(device)
+
+
+def forward_case(name: str, shape: tuple[int, ...], device: torch.device, bf16: bool):
+    """(run, warm-up, flop counter) for one no-grad forward of `name` on a pair of `shape`."""
     model = create_model(name).to(device).eval()
-    a, b = torch.rand(shape, device=device), torch.rand(shape, device=device)
 
-    @torch.no_grad()
-    def run():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            model(a, b)
+    def make(s):
+        a, b = _pair(s, device)
 
-    return _time(run, device, repeats)
+        @torch.no_grad()
+        def run():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                model(a, b)
+
+        return run
+
+    return model, make
 
 
-def _train_setup(device: torch.device, batch: int, crop: int):
+def train_case(name: str, shape: tuple[int, ...], device: torch.device, bf16: bool):
+    """One optimiser step (forward, the paper's loss, backward, Adam) of `name` on a batch of `shape`."""
     torch.manual_seed(0)
-    model = create_model("clinicalfmamba_2d").to(device).train()
+    model = create_model(name).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    a = torch.rand(batch, 1, crop, crop, device=device)
-    b = torch.rand(batch, 1, crop, crop, device=device)
+    a, b = _pair(shape, device)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss, _ = model.training_loss(a, b)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = model.training_loss(a, b)
         loss.backward()
         opt.step()
 
@@ -77,10 +148,10 @@ def _train_setup(device: torch.device, batch: int, crop: int):
 
 
 def profile_step(device: torch.device, batch: int, crop: int) -> list[tuple[str, float, float]]:
-    """Self CPU (or CUDA) time of one training step grouped into categories: (category, ms, share)."""
+    """Self CPU (or CUDA) time of one 2D training step grouped into categories: (category, ms, share)."""
     from torch.profiler import ProfilerActivity, profile
 
-    step = _train_setup(device, batch, crop)
+    step = train_case("clinicalfmamba_2d", (batch, 1, crop, crop), device, False)
     step()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
@@ -100,43 +171,105 @@ def profile_step(device: torch.device, batch: int, crop: int) -> list[tuple[str,
     return sorted(((c, ms, ms / total) for c, ms in totals.items()), key=lambda r: -r[1])
 
 
+COLUMNS = ("case", "precision", "time_ms", "gflop", "floor_ms", "share_of_floor")
+
+
+def run_cases(device: torch.device, precisions: list[str], peaks: dict[str, float], repeats: int,
+              only: str | None) -> list[dict]:
+    rows = []
+    fwd = [("2D forward 128x128", "clinicalfmamba_2d", (1, 1, 128, 128), 1),
+           ("2D forward 256x256", "clinicalfmamba_2d", (1, 1, 256, 256), 1),
+           ("3D forward 128^3", "clinicalfmamba_3d", (1, 1, 128, 128, 128), 8)]
+    train = [("2D training step 8 x 128x128", "clinicalfmamba_2d", (8, 1, 128, 128)),
+             ("3D training step 64^3", "clinicalfmamba_3d", (1, 1, 64, 64, 64))]
+    for prec in precisions:
+        bf16 = prec == "bf16"
+        for label, name, shape, scale in fwd:
+            if only and not label.lower().startswith(only):
+                continue
+            _, make = forward_case(name, shape, device, bf16)
+            count_shape = shape if scale == 1 else (*shape[:2], *(s // 2 for s in shape[2:]))
+            flops = count_flops(make(count_shape)) * scale
+            small = (*shape[:2], *(min(s, 32) for s in shape[2:]))  # the 3D warm-up need not be 128^3
+            sec = _time(make(shape), device, 1 if scale > 1 and device.type == "cpu" else repeats,
+                        warmup=make(small) if scale > 1 else None)
+            rows.append(_row(label, prec, sec, flops, peaks[prec]))
+        for label, name, shape in train:
+            if only and not label.lower().startswith(only):
+                continue
+            step = train_case(name, shape, device, bf16)
+            flops = count_flops(step)
+            sec = _time(step, device, repeats)
+            rows.append(_row(label, prec, sec, flops, peaks[prec]))
+    return rows
+
+
+def _row(label: str, prec: str, sec: float, flops: int, peak: float) -> dict:
+    floor = flops / peak
+    row = {"case": label, "precision": prec, "time_ms": round(sec * 1000, 1), "gflop": round(flops / 1e9, 2),
+           "floor_ms": round(floor * 1000, 1), "share_of_floor": round(floor / sec, 3)}
+    print(f"  {label} {prec}: {row['time_ms']:,.0f} ms, {row['gflop']:,.1f} GFLOP, floor {row['floor_ms']:,.0f} ms, "
+          f"{row['share_of_floor']:.0%} of floor", flush=True)
+    return row
+
+
+def markdown(rows: list[dict], header: list[str]) -> str:
+    lines = [*header, "", "| case | precision | time (ms) | GFLOP (counted) | floor (ms) | share of floor |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['precision']} | {r['time_ms']:,.0f} | {r['gflop']:,.1f} | {r['floor_ms']:,.0f} | "
+              f"{r['share_of_floor']:.0%} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-3d", action="store_true", help="skip the 128^3 volume")
-    ap.add_argument("--profile", action="store_true", help="also profile one 2D training step")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--crop", type=int, default=96)
+    ap.add_argument("--only", choices=("2d", "3d"), default=None, help="run only the 2D or the 3D cases")
+    ap.add_argument("--no-bf16", action="store_true", help="skip bf16 even where it is native")
+    ap.add_argument("--out", type=Path, default=None, help="write model.md and model.csv here")
+    ap.add_argument("--note", default="", help="a line about the run's conditions for the Markdown table")
+    ap.add_argument("--profile", action="store_true", help="also profile one 2D training step (8 x 128^2)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"scan backends {available_backends()}")
-    rows = []
-    for name in ("clinicalfmamba_2d", "clinicalfmamba_3d"):
-        params = sum(p.numel() for p in create_model(name).parameters())
-        rows.append((f"{name} parameters", f"{params:,}"))
-    cases = [("2D pair 128x128", "clinicalfmamba_2d", (1, 1, 128, 128)),
-             ("2D pair 256x256", "clinicalfmamba_2d", (1, 1, 256, 256))]
-    if not args.no_3d:
-        cases.append(("3D volume 128^3", "clinicalfmamba_3d", (1, 1, 128, 128, 128)))
-    for label, name, shape in cases:
-        for bf16 in (False, True):
-            reps = 1 if len(shape) == 5 and device.type == "cpu" else args.repeats
-            sec = forward_latency(name, shape, device, bf16, reps)
-            rows.append((f"forward {label} {'bf16' if bf16 else 'fp32'}", f"{sec * 1000:,.0f} ms"))
-            print(f"  {rows[-1][0]}: {rows[-1][1]}", flush=True)
-    step = _train_setup(device, args.batch, args.crop)
-    sec = _time(step, device, args.repeats)
-    rows.append((f"train step 2D fp32, batch {args.batch} x {args.crop}^2", f"{sec * 1000:,.0f} ms"))
-    print("\n| measurement | value |\n|---|---|")
-    for k, v in rows:
-        print(f"| {k} | {v} |")
+    cpu, flags = cpu_description()
+    precisions = ["fp32"] + (["bf16"] if native_bf16(device.type) and not args.no_bf16 else [])
+    peaks = {"fp32": matmul_peak(device, torch.float32)}
+    if "bf16" in precisions:
+        peaks["bf16"] = matmul_peak(device, torch.bfloat16)
+    header = [
+        f"Machine: {cpu}; flags: {' '.join(flags) or 'none of ' + ', '.join(FLAGS_SHOWN)}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+        f"scan backends {', '.join(available_backends())}.",
+        "Matmul peak measured in this run (best 2048^3 torch.mm): "
+        + ", ".join(f"{p} {v / 1e9:,.0f} GFLOP/s" for p, v in peaks.items())
+        + ("" if "bf16" in peaks else " (bf16 not native here: not run)") + ".",
+        "Floor = counted FLOPs / that peak; share = floor / time. FlopCounterMode counts matmul and "
+        "convolution only (not the selective scan, elementwise ops, norms or the optimiser). 3D forward FLOPs "
+        "counted at 64^3 x 8. Time: median of the repeats after a warm-up (one run for the 3D forward).",
+    ]
+    if args.note:
+        header.append(args.note)
+    print("\n".join(header), flush=True)
+    rows = run_cases(device, precisions, peaks, args.repeats, args.only)
+    peak_end = matmul_peak(device, torch.float32)
+    header.append(f"fp32 matmul peak re-measured after the cases: {peak_end / 1e9:,.0f} GFLOP/s "
+                  "(a large change means the machine's load changed during the run).")
+    text = markdown(rows, header)
+    print("\n" + text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "model.md").write_text(text, encoding="utf-8")
+        with (args.out / "model.csv").open("w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        print(f"wrote {args.out / 'model.md'} and {args.out / 'model.csv'}")
     if args.profile:
-        cats = profile_step(device, args.batch, args.crop)
+        cats = profile_step(device, 8, 128)
         print("\n| category | self time (ms) | share |\n|---|---|---|")
         for c, ms, share in cats:
             print(f"| {c} | {ms:,.0f} | {share:.0%} |")
