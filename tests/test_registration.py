@@ -110,3 +110,20 @@ def test_cli_kinds_match_the_library():
     from neurofuse.registration import KINDS
 
     assert CLI_KINDS == KINDS
+
+
+def test_fuse_register_fuses_the_aligned_pair_and_saves_the_transform(tmp_path):
+    from neurofuse.io import write_image
+
+    moving = read_image(EX / "ct-mri/ct.png")
+    known = sitk.Euler2DTransform([128, 128], np.deg2rad(-12), [-5, 8])
+    warped = tmp_path / "ct.png"
+    write_image(warped, apply_transform(moving, moving, known).array / 255.0)
+    out = tmp_path / "fused.png"
+    args = ["fuse", str(EX / "ct-mri/mri.png"), str(warped), "-o", str(out), "-m", "average"]
+    res = CliRunner().invoke(main, [*args, "--register", "rigid"])
+    assert res.exit_code == 0, res.output
+    mean, _ = _error(known, read_transform(tmp_path / "fused.transform.tfm"), read_image(EX / "ct-mri/mri.png"))
+    assert mean < 3.5
+    res = CliRunner().invoke(main, [*args[:4], str(tmp_path / "plain.png"), "-m", "average"])
+    assert res.exit_code == 0 and not (tmp_path / "plain.transform.tfm").exists()

@@ -80,3 +80,17 @@ def test_benchmark_three_shards_merge_to_one_run(tmp_path, monkeypatch):
     assert table(tmp_path / "one/summary_standard.csv") == table(tmp_path / "sharded/summary_standard.csv")
     res = CliRunner().invoke(main, ["merge", str(tmp_path / "sharded" / "shard-001-of-003")])
     assert res.exit_code == 1 and "no benchmark shards" in res.output
+
+
+def test_fuse_dir_three_shards_equal_one_run_and_names_unpaired_files(tmp_path):
+    root = make_folders(tmp_path / "pairs", ("MRI", "CT"), [str(i) for i in range(1, 8)], extra_a=["lonely"])
+    base = ["fuse-dir", str(root / "MRI"), str(root / "CT"), "-m", "pca", "--no-progress"]
+    out = _run([*base, "-o", str(tmp_path / "one")])
+    assert "1 MRI file(s) without a partner (lonely.png)" in out and "7 fused" in out
+    for k in range(3):  # as torchrun would start them
+        res = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "sharded")],  # old spelling still parses
+                                 env={"RANK": str(k), "WORLD_SIZE": "3"})
+        assert res.exit_code == 0 and f"{[3, 2, 2][k]} fused" in res.output, res.output
+    one = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert one == sorted(p.name for p in (tmp_path / "sharded").iterdir()) and len(one) == 7
+    assert all((tmp_path / "one" / n).read_bytes() == (tmp_path / "sharded" / n).read_bytes() for n in one)

@@ -58,6 +58,16 @@ class PairSet:
         return f"{self.where}: " + "; ".join(parts) + " -- left out" if parts else None
 
 
+def unpaired_by_name(dir_a: str | Path, dir_b: str | Path, pairs: Sequence[tuple[str, Path, Path]],
+                     limit: int = 5) -> str | None:
+    """One line naming the files of `dir_a`/`dir_b` that are in none of `pairs` (paired by file name)."""
+    used = {p for _, pa, pb in pairs for p in (pa.name, pb.name)}
+    ps = PairSet(list(pairs), Path(dir_a).name, Path(dir_b).name, None,
+                 [p for p in list_images(dir_a) if p.name not in used],
+                 [p for p in list_images(dir_b) if p.name not in used], f"{dir_a} and {dir_b}")
+    return ps.unpaired_message(limit)
+
+
 def _pattern_regex(pattern: str) -> re.Pattern:
     if "{id}" not in pattern:
         raise UsageError(f"pattern {pattern!r} must contain {{id}} (e.g. '{{id}}_1.tif')")

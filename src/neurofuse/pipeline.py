@@ -29,6 +29,7 @@ from neurofuse.io import (
     load_pair,
     luma,
     normalize01,
+    read_image,
     rgb255,
     rgb_to_ycbcr,
     suffix_of,
@@ -49,6 +50,7 @@ class FuseOptions:
     bit_depth: int = 8
     dtype: str = "float32"
     pair: str | None = None  # shipped-weights tag for learned methods (ct-mri, spect-mri, pet-mri, ...)
+    register: str | None = None  # "rigid" | "affine": register B onto A first (`neurofuse.registration`)
 
 
 _PAIR_TOKENS = (("spect", "spect-mri"), ("pet", "pet-mri"), ("ct", "ct-mri"))
@@ -247,8 +249,18 @@ def fuse_files(path_a: str | Path, path_b: str | Path, out: str | Path, opts: Fu
     out = Path(out)
     preflight(path_a, path_b, out, opts, method_options)
     method_options = learned_options(opts.method, (path_a, path_b), opts.pair, method_options)
-    a, b = load_pair(path_a, path_b, resample=opts.resample)
-    check_output(out, a.spatial_dims, opts.overwrite, (path_a, path_b))
+    transform = None
+    if opts.register is None:
+        a, b = load_pair(path_a, path_b, resample=opts.resample)
+        check_output(out, a.spatial_dims, opts.overwrite, (path_a, path_b))
+    else:  # B registered onto A (any grids); its transform is written beside the output
+        from neurofuse.registration import register, transform_path
+
+        a, b = read_image(path_a), read_image(path_b)
+        check_output(out, a.spatial_dims, opts.overwrite, (path_a, path_b))
+        check_writable(transform_path(out), opts.overwrite)
+        reg = register(a, b, opts.register)
+        b, transform = reg.image, reg.transform
     ya, yb = fusion_inputs(a, b, opts.clip_percentiles)
     colour = None if opts.gray else b if b.is_color else a if a.is_color else None
     ref, a, b = a.geometry_only(), None, None  # the native values are not needed any more: free them
@@ -257,7 +269,13 @@ def fuse_files(path_a: str | Path, path_b: str | Path, out: str | Path, opts: Fu
     del ya, yb
     if colour is not None:
         fused = merge_colour(fused, ref, colour)
-    return write_image(out, fused, reference=ref, bit_depth=opts.bit_depth, dtype=opts.dtype, overwrite=opts.overwrite)
+    written = write_image(out, fused, reference=ref, bit_depth=opts.bit_depth, dtype=opts.dtype,
+                          overwrite=opts.overwrite)
+    if transform is not None:
+        from neurofuse.registration import transform_path, write_transform
+
+        write_transform(transform, transform_path(out), overwrite=opts.overwrite)
+    return written
 
 
 def brats_outputs(out: Path, case_id: str, method: str, dims: tuple[int, ...]) -> dict[int, Path]:

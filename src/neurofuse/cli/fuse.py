@@ -10,6 +10,16 @@ import click
 from tqdm import tqdm
 
 from neurofuse.cli.app import main
+from neurofuse.cli.options import (
+    clip_option,
+    device_option,
+    learned_method_options,
+    no_progress_option,
+    output_option,
+    pair_option,
+    precision_option,
+    shard_options,
+)
 from neurofuse.errors import NeurofuseError, ResultError, UsageError
 from neurofuse.fusion import get_method, list_methods
 from neurofuse.io import (
@@ -23,6 +33,7 @@ from neurofuse.io import (
     remove_stale_partials,
     suffix_of,
 )
+from neurofuse.layouts import unpaired_by_name
 from neurofuse.pipeline import (
     FuseOptions,
     check_method_options,
@@ -39,7 +50,7 @@ _common = [
     click.option("--resample", is_flag=True, help="Resample B onto A's grid (linear) if the grids differ."),
     click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
     click.option("--gray", is_flag=True, help="Write gray output even when an input is colour."),
-    click.option("--clip", "clip", nargs=2, type=float, default=None, help="Clip to percentiles LO HI before min-max."),
+    clip_option(),
     click.option(
         "--bit-depth", type=click.Choice(["8", "16"]), default="8", show_default=True, help="2D output depth."
     ),
@@ -50,7 +61,9 @@ _common = [
         show_default=True,
         help="NIfTI output data type.",
     ),
-    click.option("--pair", default=None, help="Shipped weights of a learned method: ct-mri, spect-mri, pet-mri, ..."),
+    pair_option(),
+    device_option(default=None),
+    precision_option(default=None),
     click.option(
         "--option",
         "-O",
@@ -87,20 +100,31 @@ def method_options(options: tuple[str, ...]) -> dict:
     return out
 
 
-def _opts(method, resample, overwrite, gray, clip, bit_depth, dtype, pair) -> FuseOptions:
+def _opts(method, resample, overwrite, gray, clip, bit_depth, dtype, pair, register=None) -> FuseOptions:
     clip = tuple(clip) if clip else None
-    return FuseOptions(method, resample, overwrite, gray, clip, int(bit_depth), dtype, pair)
+    return FuseOptions(method, resample, overwrite, gray, clip, int(bit_depth), dtype, pair, register)
+
+
+def _method_opts(method: str, options: tuple[str, ...], device: str | None, precision: str | None) -> dict:
+    """-O KEY=VALUE options plus --device/--precision (learned methods only)."""
+    return {**method_options(options), **learned_method_options(method, device, precision)}
 
 
 @main.command("fuse")
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
-@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output file (.png/.tif or .nii.gz).")
+@output_option(help="Output file (.png/.tif or .nii.gz).")
+@click.option("--register", type=click.Choice(["rigid", "affine"]), default=None,
+              help="Register B onto A first (Mattes MI, SimpleITK); the transform is saved beside OUT as "
+                   "<name>.transform.tfm.")
 @_with_common
-def fuse_cmd(a, b, out, method, resample, overwrite, gray, clip, bit_depth, dtype, pair, options):
-    """Fuse two co-registered images A (anatomical, reference grid) and B into OUT (2D or 3D)."""
+def fuse_cmd(a, b, out, register, method, resample, overwrite, gray, clip, bit_depth, dtype, pair, device, precision,
+             options):
+    """Fuse two images A (anatomical, reference grid) and B into OUT (2D or 3D); co-registered, or
+    aligned first with --register."""
     path = fuse_files(
-        a, b, out, _opts(method, resample, overwrite, gray, clip, bit_depth, dtype, pair), **method_options(options)
+        a, b, out, _opts(method, resample, overwrite, gray, clip, bit_depth, dtype, pair, register),
+        **_method_opts(method, options, device, precision),
     )
     click.echo(str(path))
 
@@ -139,22 +163,29 @@ def _fuse_jobs(jobs: list, opts: FuseOptions, mopts: dict) -> list:
 @main.command("fuse-dir")
 @click.argument("dir_a", type=click.Path(path_type=Path))
 @click.argument("dir_b", type=click.Path(path_type=Path))
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder (created).")
+@output_option("out_dir", help="Output folder (created).")
 @click.option("--ext", default=None, help="Output extension (default: that of the A file).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
               help="Learned methods on 2D pairs: pairs per forward pass (the model is loaded once either way).")
 @_with_common
+@shard_options
+@no_progress_option()
 def fuse_dir_cmd(dir_a, dir_b, out_dir, ext, batch_size, method, resample, overwrite, gray, clip, bit_depth, dtype,
-                 pair, options):
+                 pair, device, precision, options, num_shards, shard_index, no_progress):
     """Fuse every pair of files with the same name in DIR_A and DIR_B (resumable).
 
     Existing outputs are skipped (unless --overwrite); several runs may share one output folder (each
     output is claimed by one of them). A problem of one pair is reported and the run goes on; one that
-    every pair would hit (bad weights or options, a method returning NaN) stops it at once.
+    every pair would hit (bad weights or options, a method returning NaN) stops it at once. Files of
+    one folder without a partner in the other are named. With shards (--num-shards/--shard-index, a
+    SLURM array or torchrun) each process fuses every N-th pair into the same OUT.
     """
+    from neurofuse.shards import resolve_shard
+
+    shard = resolve_shard(num_shards, shard_index)
     get_method(method)
     opts = _opts(method, resample, overwrite, gray, clip, bit_depth, dtype, pair)
-    mopts = method_options(options)
+    mopts = _method_opts(method, options, device, precision)
     check_method_options(method, mopts)
     check_clip(opts.clip_percentiles)
     if ext is not None:
@@ -164,7 +195,13 @@ def fuse_dir_cmd(dir_a, dir_b, out_dir, ext, batch_size, method, resample, overw
     pairs = pair_files(dir_a, dir_b)
     if not pairs:
         raise UsageError(f"{dir_a} and {dir_b}: no file names in common")
+    if (msg := unpaired_by_name(dir_a, dir_b, pairs)) is not None:
+        click.echo(f"warning: {msg}", err=True)
     targets = _targets(pairs, out_dir, ext)
+    pairs, targets = shard.take(pairs), shard.take(targets)
+    if not pairs:
+        click.echo(f"0 fused: {shard.label} of {len(targets)} pairs holds none -> {out_dir}")
+        return
     check_output_folder(out_dir)
     remove_stale_partials(out_dir)
     remove_stale_locks(out_dir)
@@ -172,7 +209,8 @@ def fuse_dir_cmd(dir_a, dir_b, out_dir, ext, batch_size, method, resample, overw
     failed: list[str] = []
     batched = get_method(method).kind == "learned" and spatial_dims_of(pairs[0][1]) == 2
     step = batch_size if batched else 1
-    bar = tqdm(total=len(pairs), desc=f"fuse-dir {method}", unit="pair")
+    desc = f"fuse-dir {method}" + (f" {shard.label}" if shard.count > 1 else "")
+    bar = tqdm(total=len(pairs), desc=desc, unit="pair", disable=no_progress)
     for start in range(0, len(pairs), step):
         with contextlib.ExitStack() as claims:
             jobs = []
