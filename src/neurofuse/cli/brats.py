@@ -7,36 +7,27 @@ from pathlib import Path
 
 import click
 
+from neurofuse.cli import options as opt
 from neurofuse.cli.app import main
-from neurofuse.cli.options import (
-    clip_option,
-    device_option,
-    learned_method_options,
-    no_progress_option,
-    output_option,
-    pair_option,
-    precision_option,
-    shard_options,
-)
 from neurofuse.errors import NeurofuseError, UsageError
 
 
 @main.command("fuse-brats")
 @click.argument("root", type=click.Path(path_type=Path))
-@output_option(help="Output folder (one sub-folder per case).")
+@opt.output_option(help="Output folder (one sub-folder per case).")
 @click.option("--method", "-m", required=True, help="Fusion method (see `neurofuse methods`).")
 @click.option("--dims", type=click.Choice(["2", "3", "both"]), default="3", show_default=True,
               help="2: fuse axial slices with a 2D method; 3: fuse the volume; both.")
-@clip_option(default=(0.5, 99.5), help="Brain intensity percentiles mapped to 0 and 1 before fusion.")
+@opt.clip_option(default=(0.5, 99.5), help="Brain intensity percentiles mapped to 0 and 1 before fusion.")
 @click.option("--overwrite", is_flag=True, help="Recompute outputs that already exist (default: skip them).")
-@pair_option(help="Shipped 2D weights of a learned method for --dims 2 (ct-mri, spect-mri, pet-mri; default: "
+@opt.pair_option(help="Shipped 2D weights of a learned method for --dims 2 (ct-mri, spect-mri, pet-mri; default: "
             "the model's first tag).")
-@device_option(default=None)
-@precision_option(default=None)
+@opt.device_option(default=None)
+@opt.precision_option(default=None)
 @click.option("--option", "-O", "options", multiple=True, metavar="KEY=VALUE",
               help="Method option, e.g. -O weights=model.safetensors -O levels=3.")
-@shard_options
-@no_progress_option()
+@opt.shard_options
+@opt.no_progress_option()
 def fuse_brats(root: Path, out: Path, method: str, dims: str, clip: tuple[float, float],
                overwrite: bool, pair: str | None, device: str | None, precision: str | None, options: tuple[str, ...],
                num_shards: int | None, shard_index: int | None, no_progress: bool) -> None:
@@ -55,7 +46,7 @@ def fuse_brats(root: Path, out: Path, method: str, dims: str, clip: tuple[float,
     from neurofuse.shards import resolve_shard
 
     shard = resolve_shard(num_shards, shard_index)
-    mopts = {**method_options(options), **learned_method_options(method, device, precision)}
+    mopts = {**method_options(options), **opt.learned_method_options(method, device, precision)}
     dim_list = (2, 3) if dims == "both" else (int(dims),)
     m = get_method(method)
     for d in dim_list:
