@@ -4,7 +4,9 @@ The run first measures this machine's matmul peak (best of several square `torch
 bf16 where the CPU or GPU computes it natively, `neurofuse.precision.native_bf16`), then times each
 case (median of `--repeats` after a warm-up) and counts its FLOPs with
 `torch.utils.flop_counter.FlopCounterMode`. Floor = FLOPs / matmul peak of the case's precision;
-share = floor / time (100% would be a model that is all peak-speed matmul).
+share = floor / time (100% would be a model that is all peak-speed matmul). The peak is measured
+again right before every case and that case's floor uses it, so a machine whose load changes during
+the run (shared cores) still compares each case with what the hardware gave at that moment.
 
 What the FLOP counter leaves out: it counts only matmul-like aten ops (mm, addmm, bmm, convolution
 and their backward). It does not see the selective scan (a numba kernel behind a custom autograd
@@ -49,6 +51,7 @@ CATEGORIES = (  # (category, substrings of profiler op names), first match wins
                      "pow", "max", "mean", "sum", "abs", "neg", "clamp", "threshold")),
     ("optimizer", ("adam", "foreach", "lerp")),
 )
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 FLAGS_SHOWN = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile", "amx_bf16",
                "amx_int8")
 
@@ -171,11 +174,10 @@ def profile_step(device: torch.device, batch: int, crop: int) -> list[tuple[str,
     return sorted(((c, ms, ms / total) for c, ms in totals.items()), key=lambda r: -r[1])
 
 
-COLUMNS = ("case", "precision", "time_ms", "gflop", "floor_ms", "share_of_floor")
+COLUMNS = ("case", "precision", "time_ms", "gflop", "peak_gflops", "floor_ms", "share_of_floor")
 
 
-def run_cases(device: torch.device, precisions: list[str], peaks: dict[str, float], repeats: int,
-              only: str | None) -> list[dict]:
+def run_cases(device: torch.device, precisions: list[str], repeats: int, only: str | None) -> list[dict]:
     rows = []
     fwd = [("2D forward 128x128", "clinicalfmamba_2d", (1, 1, 128, 128), 1),
            ("2D forward 256x256", "clinicalfmamba_2d", (1, 1, 256, 256), 1),
@@ -191,33 +193,36 @@ def run_cases(device: torch.device, precisions: list[str], peaks: dict[str, floa
             count_shape = shape if scale == 1 else (*shape[:2], *(s // 2 for s in shape[2:]))
             flops = count_flops(make(count_shape)) * scale
             small = (*shape[:2], *(min(s, 32) for s in shape[2:]))  # the 3D warm-up need not be 128^3
-            sec = _time(make(shape), device, 1 if scale > 1 and device.type == "cpu" else repeats,
-                        warmup=make(small) if scale > 1 else None)
-            rows.append(_row(label, prec, sec, flops, peaks[prec]))
+            run, warm = make(shape), make(small) if scale > 1 else None
+            peak = matmul_peak(device, DTYPES[prec])
+            sec = _time(run, device, 1 if scale > 1 and device.type == "cpu" else repeats, warmup=warm)
+            rows.append(_row(label, prec, sec, flops, peak))
         for label, name, shape in train:
             if only and not label.lower().startswith(only):
                 continue
             step = train_case(name, shape, device, bf16)
             flops = count_flops(step)
+            peak = matmul_peak(device, DTYPES[prec])
             sec = _time(step, device, repeats)
-            rows.append(_row(label, prec, sec, flops, peaks[prec]))
+            rows.append(_row(label, prec, sec, flops, peak))
     return rows
 
 
 def _row(label: str, prec: str, sec: float, flops: int, peak: float) -> dict:
     floor = flops / peak
     row = {"case": label, "precision": prec, "time_ms": round(sec * 1000, 1), "gflop": round(flops / 1e9, 2),
-           "floor_ms": round(floor * 1000, 1), "share_of_floor": round(floor / sec, 3)}
-    print(f"  {label} {prec}: {row['time_ms']:,.0f} ms, {row['gflop']:,.1f} GFLOP, floor {row['floor_ms']:,.0f} ms, "
-          f"{row['share_of_floor']:.0%} of floor", flush=True)
+           "peak_gflops": round(peak / 1e9, 1), "floor_ms": round(floor * 1000, 1),
+           "share_of_floor": round(floor / sec, 3)}
+    print(f"  {label} {prec}: {row['time_ms']:,.0f} ms, {row['gflop']:,.1f} GFLOP, peak {row['peak_gflops']:,.0f} "
+          f"GFLOP/s, floor {row['floor_ms']:,.0f} ms, {row['share_of_floor']:.0%} of floor", flush=True)
     return row
 
 
 def markdown(rows: list[dict], header: list[str]) -> str:
-    lines = [*header, "", "| case | precision | time (ms) | GFLOP (counted) | floor (ms) | share of floor |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['case']} | {r['precision']} | {r['time_ms']:,.0f} | {r['gflop']:,.1f} | {r['floor_ms']:,.0f} | "
-              f"{r['share_of_floor']:.0%} |" for r in rows]
+    lines = [*header, "", "| case | precision | time (ms) | GFLOP (counted) | matmul peak before it (GFLOP/s) "
+             "| floor (ms) | share of floor |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['precision']} | {r['time_ms']:,.0f} | {r['gflop']:,.1f} | {r['peak_gflops']:,.0f} "
+              f"| {r['floor_ms']:,.0f} | {r['share_of_floor']:.0%} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -237,14 +242,12 @@ def main() -> None:
     device = torch.device(args.device)
     cpu, flags = cpu_description()
     precisions = ["fp32"] + (["bf16"] if native_bf16(device.type) and not args.no_bf16 else [])
-    peaks = {"fp32": matmul_peak(device, torch.float32)}
-    if "bf16" in precisions:
-        peaks["bf16"] = matmul_peak(device, torch.bfloat16)
+    peaks = {p: matmul_peak(device, DTYPES[p]) for p in precisions}
     header = [
         f"Machine: {cpu}; flags: {' '.join(flags) or 'none of ' + ', '.join(FLAGS_SHOWN)}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
         f"scan backends {', '.join(available_backends())}.",
-        "Matmul peak measured in this run (best 2048^3 torch.mm): "
+        "Matmul peak at the start of this run (best 2048^3 torch.mm; re-measured before every case): "
         + ", ".join(f"{p} {v / 1e9:,.0f} GFLOP/s" for p, v in peaks.items())
         + ("" if "bf16" in peaks else " (bf16 not native here: not run)") + ".",
         "Floor = counted FLOPs / that peak; share = floor / time. FlopCounterMode counts matmul and "
@@ -254,7 +257,7 @@ def main() -> None:
     if args.note:
         header.append(args.note)
     print("\n".join(header), flush=True)
-    rows = run_cases(device, precisions, peaks, args.repeats, args.only)
+    rows = run_cases(device, precisions, args.repeats, args.only)
     peak_end = matmul_peak(device, torch.float32)
     header.append(f"fp32 matmul peak re-measured after the cases: {peak_end / 1e9:,.0f} GFLOP/s "
                   "(a large change means the machine's load changed during the run).")
