@@ -12,17 +12,15 @@ z = D as in the paper):
 - "single": one raster scan.
 
 `MultiScanMamba` runs all its directions in one (or two) calls of `neurofuse.ssm.selective_scan` by
-stacking them along the channel axis with grouped B/C; `forward_ref` is the plain per-direction loop
-it is tested against. Once `selective_scan` accepts `reverse=`, reversed directions are scanned in
-place instead of through flipped copies.
+stacking them along the channel axis with grouped B/C, the reversed directions with `reverse=True`
+(scanned in place, no flipped copies); `forward_ref` is the plain per-direction loop it is tested
+against.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -74,14 +72,6 @@ def from_order(y: torch.Tensor, perm: Sequence[int], grid: Sequence[int]) -> tor
     y = y.unflatten(2, [grid[p] for p in perm])
     inv = sorted(range(len(perm)), key=lambda i: perm[i])
     return y.permute(0, 1, *(2 + i for i in inv))
-
-
-@functools.cache
-def _accepts_reverse(fn: Callable) -> bool:
-    try:
-        return "reverse" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _dt_bias_init(n: int, dt_min: float = 1e-3, dt_max: float = 0.1) -> torch.Tensor:
@@ -158,23 +148,15 @@ class MultiScanMamba(nn.Module):
         self, x: torch.Tensor, grid: Sequence[int], other: torch.Tensor | None = None
     ) -> torch.Tensor:
         xs, src, z = self._project(x, grid, other)
-        scan = selective_scan
-        native_reverse = _accepts_reverse(scan)
         ks = range(len(self.orders))
-        if native_reverse:
-            groups = [([k for k in ks if self.orders[k].reverse == r], r) for r in (False, True)]
-            groups = [g for g in groups if g[0]]
-        else:
-            groups = [(list(ks), False)]
-        cache: dict[tuple[tuple[int, ...], bool, bool], torch.Tensor] = {}
+        groups = [([k for k in ks if self.orders[k].reverse == r], r) for r in (False, True)]
+        groups = [g for g in groups if g[0]]  # forward directions in one scan call, reversed in another
+        cache: dict[tuple[tuple[int, ...], bool], torch.Tensor] = {}
 
         def seq(t: torch.Tensor, k: int, tag: bool) -> torch.Tensor:
-            o = self.orders[k]
-            flip = o.reverse and not native_reverse
-            key = (o.perm, flip, tag)
+            key = (self.orders[k].perm, tag)
             if key not in cache:
-                s = to_order(t, o.perm)
-                cache[key] = s.flip(-1) if flip else s
+                cache[key] = to_order(t, self.orders[k].perm)
             return cache[key]
 
         acc: dict[tuple[int, ...], torch.Tensor] = {}
@@ -197,16 +179,14 @@ class MultiScanMamba(nn.Module):
             x_dbl = torch.einsum("bgdl,gcd->bgcl", dsrc, self.x_proj_weight[sel])
             dt, bm, cm = torch.split(x_dbl, [r, n, n], dim=2)
             delta = torch.einsum("bgrl,gdr->bgdl", dt, self.dt_proj_weight[sel]).reshape(b, g * di, length)
-            kwargs = {"reverse": True} if rev else {}
-            y = scan(
+            y = selective_scan(
                 u, delta, -torch.exp(self.A_log[sel].float()).reshape(g * di, n),
                 bm.contiguous(), cm.contiguous(), self.D[sel].reshape(-1).float(), None,
-                self.dt_proj_bias[sel].reshape(-1).float(), True, backend="auto", **kwargs,
+                self.dt_proj_bias[sel].reshape(-1).float(), True, backend="auto", reverse=rev,
             ).view(b, g, di, length)
             for j, k in enumerate(idx):
-                o = self.orders[k]
-                yk = y[:, j].flip(-1) if o.reverse and not native_reverse else y[:, j]
-                acc[o.perm] = acc[o.perm] + yk if o.perm in acc else yk
+                perm = self.orders[k].perm
+                acc[perm] = acc[perm] + y[:, j] if perm in acc else y[:, j]
         out = sum(from_order(v, p, grid) for p, v in acc.items()).flatten(2) / len(self.orders)
         return self._finish(out, z)
 
