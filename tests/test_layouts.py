@@ -71,8 +71,11 @@ def test_layout_errors_name_the_problem(tmp_path):
     with pytest.raises(InputError, match="no pairs found.*any case.*other, scans"):
         find_pairs(data=tmp_path / "odd")
     ps = find_pairs(data=tmp_path / "sets/MRI_CT")
-    with pytest.raises(InputError, match="no split file for --split val: use --split all.*neurofuse split"):
-        select_split(ps, "val")
+    with pytest.raises(InputError, match="no split file for split 'val': use `split=\"all\"`.*neurofuse split"):
+        select_split(ps, "val")  # the library names its keyword; the CLI says --split all:
+    res = CliRunner().invoke(main, ["benchmark", "--data", str(tmp_path / "sets/MRI_CT"), "--split", "val",
+                                    "-o", str(tmp_path / "r"), "--methods", "average"])
+    assert res.exit_code == 1 and "use --split all, or write one with `neurofuse split`" in res.output
     assert select_split(ps, "all") == ps.pairs
 
 

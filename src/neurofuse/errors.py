@@ -19,5 +19,24 @@ class UsageError(NeurofuseError):
     exit_code = 2
 
 
+# Library messages name the library's keywords in backticks; the CLI prints its own flags for them.
+CLI_SPELLING = {
+    "`resample=True`": "--resample",
+    "`overwrite=True`": "--overwrite",
+    "`weights=FILE`": "-O weights=FILE",
+    "`pretrained=TAG`": "--pair TAG",
+    '`split="all"`': "--split all",
+    "`a=DIR, b=DIR`": "--a DIR --b DIR",
+    "`pattern=(A, B)`": "--pattern A B",
+}
+
+
+def cli_message(text: str) -> str:
+    """A library message with its keywords (`resample=True`, ...) in the CLI's spelling (--resample, ...)."""
+    for keyword, flag in CLI_SPELLING.items():
+        text = text.replace(keyword, flag)
+    return text
+
+
 class ResultError(NeurofuseError):
     """A method produced an unusable result (NaN/Inf, constant from non-constant inputs); nothing is written."""

@@ -83,7 +83,7 @@ def check_pair(a: np.ndarray, b: np.ndarray, names: tuple[str, str] = ("A", "B")
         if arr.size == 0 or float(arr.max()) == float(arr.min()):
             raise InputError(f"{nm}: image is empty or constant")
     if a.shape != b.shape:
-        raise InputError(f"{names[0]} and {names[1]}: shape mismatch {a.shape} vs {b.shape} (use --resample)")
+        raise InputError(f"{names[0]} and {names[1]}: shape mismatch {a.shape} vs {b.shape} (use `resample=True`)")
 
 
 def _checked_method(a: np.ndarray, b: np.ndarray, method: str, options: dict) -> FusionMethod:

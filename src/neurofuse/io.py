@@ -421,7 +421,7 @@ def read_luma(path: str | Path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- geometry
-def check_geometry(a: Image, b: Image, hint: str = "use --resample") -> None:
+def check_geometry(a: Image, b: Image, hint: str = "use `resample=True`") -> None:
     """InputError naming both files unless a and b share dimensionality, shape and (3D) grid."""
     names = f"{a.path} and {b.path}"
     if a.spatial_dims != b.spatial_dims:
@@ -584,7 +584,7 @@ def check_writable(path: str | Path, overwrite: bool = True) -> Path:
     if path.is_dir():
         raise UsageError(f"{path}: output is a folder; give a file name")
     if path.exists() and not overwrite:
-        raise UsageError(f"{path}: output exists (use --overwrite to replace it)")
+        raise UsageError(f"{path}: output exists (use `overwrite=True` to replace it)")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"{path}: output folder {parent} is not writable")
     return path
@@ -617,10 +617,10 @@ def _commit(tmp: Path, path: Path, overwrite: bool) -> None:
     try:
         os.link(tmp, path)  # fails if `path` exists, even one created a moment ago by another process
     except FileExistsError:
-        raise UsageError(f"{path}: output exists (created while this one was written; use --overwrite)") from None
+        raise UsageError(f"{path}: output exists (created while this one was written; use `overwrite=True`)") from None
     except OSError:  # a file system without hard links
         if path.exists():
-            raise UsageError(f"{path}: output exists (use --overwrite to replace it)") from None
+            raise UsageError(f"{path}: output exists (use `overwrite=True` to replace it)") from None
         os.replace(tmp, path)
         return
     tmp.unlink()

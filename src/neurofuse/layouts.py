@@ -132,7 +132,7 @@ def _modality_pair(root: Path, dirs: list[Path]) -> tuple[Path, Path] | None:
     if len(rest) != 1:
         names = ", ".join(d.name for d in dirs)
         raise InputError(f"{root}: found an {a.name}/ folder but not exactly one other modality folder among {names} "
-                         "(names are matched case-insensitively); pass the two folders with --a and --b")
+                         "(names are matched case-insensitively); pass the two folders: `a=DIR, b=DIR`")
     return a, rest[0]
 
 
@@ -171,7 +171,7 @@ def find_pairs(data: str | Path | None = None, a: str | Path | None = None, b: s
     raise InputError(
         f"{root}: no pairs found: expected an MRI/ (or T2/) folder beside one other modality folder (CT, SPECT, "
         f"PET, FLAIR; any case), or files named {{id}}_1.EXT / {{id}}_2.EXT; image folders here: {names}. "
-        "Other layouts: --a DIR --b DIR [--pattern A_PATTERN B_PATTERN]"
+        "Other layouts: `a=DIR, b=DIR` (paired by name or `pattern=(A, B)`)"
     )
 
 
@@ -198,7 +198,7 @@ def select_split(ps: PairSet, split: str, split_file: str | Path | None = None) 
         return list(ps.pairs)
     if path is None or not path.is_file():
         where = path if path is not None else f"{ps.where} (no common parent)"
-        raise InputError(f"{where}: no split file for --split {split}: use --split all, or write one with "
+        raise InputError(f"{where}: no split file for split {split!r}: use `split=\"all\"`, or write one with "
                          f"`neurofuse split` (columns id,case,split)")
     table = read_split(path)
     by_id = {i: (i, pa, pb) for i, pa, pb in ps.pairs}
@@ -222,7 +222,7 @@ def case_of(id_: str, case_regex: str | None = None) -> str:
     if case_regex is not None:
         m = re.search(case_regex, id_)
         if m is None:
-            raise InputError(f"pair id {id_!r} does not match --case-regex {case_regex!r}")
+            raise InputError(f"pair id {id_!r} does not match the case regex {case_regex!r}")
         return m.group(1) if m.groups() else m.group(0)
     return harvard_case(id_) or id_
 

@@ -94,7 +94,7 @@ def check_not_input(out: str | Path, inputs: tuple[str | Path, ...]) -> None:
     out = Path(out)
     for p in inputs:
         if _same_file(out, Path(p)):
-            raise UsageError(f"{out}: output is the input {p}; write the fusion to another file (even --overwrite "
+            raise UsageError(f"{out}: output is the input {p}; write the fusion to another file (even `overwrite=True` "
                              "never replaces a source)")
 
 

@@ -171,7 +171,7 @@ def write_cohort(out: str | Path, cfg: SynthConfig, overwrite: bool = False, pro
     root = Path(out) / TRAINING_DIR
     if root.exists() and any(root.iterdir()):
         if not overwrite:
-            raise UsageError(f"{root}: already exists (use --overwrite)")
+            raise UsageError(f"{root}: already exists (use `overwrite=True`)")
         if not (root / "synthetic.json").is_file():
             raise UsageError(f"{root}: not a synthetic cohort (no synthetic.json); refusing to overwrite it")
         shutil.rmtree(root)

@@ -10,7 +10,7 @@ import warnings
 
 import click
 
-from neurofuse.errors import NeurofuseError
+from neurofuse.errors import NeurofuseError, cli_message
 
 
 class Terminated(BaseException):
@@ -63,7 +63,7 @@ class _App(click.Group):
         except NeurofuseError as exc:
             if ctx.meta.get("neurofuse.debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {cli_message(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except click.exceptions.NoArgsIsHelpError:
             raise
@@ -95,4 +95,4 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 (warnings API)
-    return f"warning: {message}\n"
+    return f"warning: {cli_message(str(message))}\n"

@@ -19,6 +19,7 @@ from neurofuse.cli.options import (
     precision_option,
     shard_options,
 )
+from neurofuse.errors import cli_message
 from neurofuse.io import check_output_folder
 
 PRESETS = ("clinicalfmamba", "standard")  # = neurofuse.benchmark.PRESETS (tested); that module loads torch
@@ -77,7 +78,7 @@ def benchmark_cmd(data, dir_a, dir_b, pattern, split, split_file, methods, out, 
             shard=shard if shard.count > 1 else None, progress=not no_progress,
         )
     for w in caught:
-        click.echo(f"warning: {w.message}", err=True)
+        click.echo(f"warning: {cli_message(str(w.message))}", err=True)
     report_results(results, out, shard)
 
 
@@ -90,7 +91,7 @@ def report_results(results, out: Path, shard) -> None:
     ran = [r.name for r in results if not r.skipped]
     for r in results:
         if r.skipped:
-            click.echo(f"skipped {r.name}: {r.skipped}", err=True)
+            click.echo(f"skipped {r.name}: {cli_message(r.skipped)}", err=True)
     where = out / shard_folder(shard) if shard.count > 1 else out
     click.echo(f"{len(ran)} methods measured, {len(results) - len(ran)} skipped -> {where}/summary.md")
     learned = [r for r in results if r.kind == "learned"]

@@ -20,7 +20,7 @@ from neurofuse.cli.options import (
     precision_option,
     shard_options,
 )
-from neurofuse.errors import NeurofuseError, ResultError, UsageError
+from neurofuse.errors import NeurofuseError, ResultError, UsageError, cli_message
 from neurofuse.fusion import get_method, list_methods
 from neurofuse.io import (
     IMAGE_2D_EXTS,
@@ -232,7 +232,7 @@ def fuse_dir_cmd(dir_a, dir_b, out_dir, ext, batch_size, method, resample, overw
                     click.echo(f"stopped at {name}: {done} fused, {skipped} skipped (exist) -> {out_dir}")
                     raise result
                 failed.append(name)
-                tqdm.write(f"error: {result}", file=sys.stderr)
+                tqdm.write(f"error: {cli_message(str(result))}", file=sys.stderr)
         bar.update(min(step, len(pairs) - start))
     bar.close()
     others = f", {busy} left to another run writing {out_dir}" if busy else ""
