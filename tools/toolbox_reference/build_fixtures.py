@@ -31,7 +31,8 @@ PROVENANCE = {
         "analysis_Reference(fused, img1 = A (MRI), img2 = B, easy = 1); the easy = 0 calls made one by one "
         "(MATLAB's ssim and the Wavelet Toolbox dwt2 are not in Octave, so SSIM and FMI_w are not reproduced); "
         "analysis_fmi on the central 48x48 crop (its Octave loop takes ~9 min per 256x256 call), the edge "
-        "feature with inputs / 255 (Octave's edge rejects doubles outside [0, 1]; scale invariant); "
+        "feature (run_tang_fmi_edge.m) with inputs / 256 (Octave's edge rejects doubles outside [0, 1]; a "
+        "power-of-two scale is exact, so the edge maps, ties in the thinning included, are the 0-255 ones); "
         "Nabf_petrovic from a copy of analysis_nabf.m whose first line also returns NABF1 (computed, not "
         "returned, by the original)",
         "preset": "tang",
@@ -80,10 +81,11 @@ def main() -> None:
     src = Path(sys.argv[1])
     values = []
     for tb in ("vifb", "tang", "cddfuse"):
-        path = src / f"{tb}.tsv"
-        if not path.exists():
-            continue
-        for line in path.read_text().splitlines():
+        main_tsv, edge_tsv = src / f"{tb}.tsv", src / f"{tb}_fmi_edge.tsv"
+        lines = main_tsv.read_text().splitlines() if main_tsv.exists() else []
+        if edge_tsv.exists():  # Tang's edge FMI rerun on images / 256 replaces the / 255 values
+            lines = [ln for ln in lines if "\tFMI_edge_crop48\t" not in ln] + edge_tsv.read_text().splitlines()
+        for line in lines:
             cols = line.split("\t")
             if len(cols) < (6 if tb == "vifb" else 4):
                 continue

@@ -76,82 +76,123 @@ def extract_feature(x: np.ndarray, feature: str) -> np.ndarray:
     raise UsageError(f"FMI feature must be one of {', '.join(FEATURES)}, got {feature!r}")
 
 
-def _window_pdfs(sub: np.ndarray) -> np.ndarray:
-    """(P, l) windows -> min-max normalised PDFs (constant window -> uniform)."""
-    lo = sub.min(1, keepdims=True)
-    hi = sub.max(1, keepdims=True)
-    span = hi - lo
-    norm = np.where(span == 0, 1.0, (sub - lo) / np.where(span == 0, 1.0, span))
-    return norm / norm.sum(1, keepdims=True)
-
-
 @numba.njit(cache=True)
-def _window_pdf(x, out) -> None:
-    """Min-max normalise a window and divide by its sum (a constant window gives the uniform PDF)."""
+def _window_pdf(x, w, out) -> None:
+    """Min-max normalise a window and divide by its sum (a constant window gives the uniform PDF).
+
+    The sum is taken as MATLAB's sum(sum(X)) (column sums, then their sum) so that the rounding, and
+    with it every later exact test of the reference code (c == 0, c >= 0), is the same.
+    """
     lo, hi = x.min(), x.max()
-    tot = 0.0
     for k in range(x.size):
         out[k] = 1.0 if hi == lo else (x[k] - lo) / (hi - lo)
-        tot += out[k]
+    tot = 0.0
+    for col in range(x.size // w):
+        cs = 0.0
+        for r in range(w):
+            cs += out[col * w + r]
+        tot += cs
     for k in range(x.size):
         out[k] /= tot
 
 
 @numba.njit(cache=True)
-def _fmi_windows(s, f):
-    """Normalised FMI of each window pair; s, f are (P, l) raw feature windows (compiled loop)."""
+def _fmi_window(s, f, w, ps, pf, cs, cf, bnd) -> float:
+    """Normalised FMI of one window pair, in the reference code's (Haghighat's fmi.m) operation order."""
+    l = s.size
+    _window_pdf(s, w, ps)
+    _window_pdf(f, w, pf)
+    acc_s, acc_f, sum_s, sum_f = 0.0, 0.0, 0.0, 0.0
+    for k in range(l):
+        acc_s += ps[k]
+        acc_f += pf[k]
+        cs[k], cf[k] = acc_s, acc_f
+        sum_s += ps[k]
+        sum_f += pf[k]
+    ms, mf = sum_s / l, sum_f / l
+    num, vs, vf = 0.0, 0.0, 0.0
+    e1s, e2s, e1f, e2f, hs, hf = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    for k in range(l):
+        ts, tf = ps[k] - ms, pf[k] - mf
+        num += ts * tf
+        vs += ts * ts
+        vf += tf * tf
+        e1s += (k + 1) * ps[k]
+        e2s += (k + 1) ** 2 * ps[k]
+        e1f += (k + 1) * pf[k]
+        e2f += (k + 1) ** 2 * pf[k]
+    c = 0.0 if num == 0 else num / np.sqrt(vs * vf)
+    sd_s = np.sqrt(max(e2s - e1s * e1s, 0.0))
+    sd_f = np.sqrt(max(e2f - e1f * e1f, 0.0))
+    upper = c >= 0
+    for i in range(l):  # Frechet bound CDF: upper 0.5(x+y-|x-y|), lower 0.5(x+y-1+|x+y-1|)
+        for j in range(l):
+            if upper:
+                bnd[i, j] = 0.5 * (cf[i] + cs[j] - abs(cf[i] - cs[j]))
+            else:
+                bnd[i, j] = 0.5 * (cf[i] + cs[j] - 1 + abs(cf[i] + cs[j] - 1))
+    mix = 0.0
+    if not ((upper and c == 0) or sd_s == 0 or sd_f == 0):
+        cov = 0.0
+        for i in range(l):
+            for j in range(l):
+                cov = cov + bnd[i, j] - cf[i] * cs[j]
+        mix = c / (cov / (sd_f * sd_s))
+    hj = 0.0
+    # corner, then the i boundary, the j boundary and the interior, as the reference accumulates them
+    q = mix * bnd[0, 0] + (1.0 - mix) * pf[0] * ps[0]
+    if q != 0:
+        hj -= q * np.log2(abs(q))
+    for i in range(1, l):
+        q = mix * (bnd[i, 0] - bnd[i - 1, 0]) + (1.0 - mix) * pf[i] * ps[0]
+        if q != 0:
+            hj -= q * np.log2(abs(q))
+    for j in range(1, l):
+        q = mix * (bnd[0, j] - bnd[0, j - 1]) + (1.0 - mix) * pf[0] * ps[j]
+        if q != 0:
+            hj -= q * np.log2(abs(q))
+    for i in range(1, l):
+        for j in range(1, l):
+            d = bnd[i, j] - bnd[i - 1, j] - bnd[i, j - 1] + bnd[i - 1, j - 1]
+            q = mix * d + (1.0 - mix) * pf[i] * ps[j]
+            if q != 0:
+                hj -= q * np.log2(abs(q))
+    for k in range(l):
+        if ps[k] != 0:
+            hs -= ps[k] * np.log2(ps[k])
+        if pf[k] != 0:
+            hf -= pf[k] * np.log2(pf[k])
+    mi = hs + hf - hj
+    return 0.0 if mi == 0 else 2.0 * mi / (hs + hf)
+
+
+@numba.njit(cache=True)
+def _fmi_windows(s, f, fcmp, w):
+    """Normalised FMI of each window pair; s, f are (P, l) raw feature windows (compiled loop).
+
+    A window scores 1 where s equals fcmp (the F window the reference code compares with: see
+    `fmi_fast`), else `_fmi_window(s, f)`.
+    """
     npos, l = s.shape
     out = np.empty(npos)
     ps, pf, cs, cf = np.empty(l), np.empty(l), np.empty(l), np.empty(l)
-    bound = np.zeros((l + 1, l + 1))  # joint CDF bound, row/column 0 = 0 (outside the grid)
+    bnd = np.empty((l, l))
     for p in range(npos):
-        if np.all(s[p] == f[p]):
+        if np.all(s[p] == fcmp[p]):
             out[p] = 1.0
-            continue
-        _window_pdf(s[p], ps)
-        _window_pdf(f[p], pf)
-        ms, mf, acc_s, acc_f = ps.mean(), pf.mean(), 0.0, 0.0
-        num, vs, vf, e1s, e2s, e1f, e2f, hs, hf = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
-        for k in range(l):
-            acc_s += ps[k]
-            acc_f += pf[k]
-            cs[k], cf[k] = acc_s, acc_f
-            num += (ps[k] - ms) * (pf[k] - mf)
-            vs += (ps[k] - ms) ** 2
-            vf += (pf[k] - mf) ** 2
-            e1s += (k + 1) * ps[k]
-            e2s += (k + 1) ** 2 * ps[k]
-            e1f += (k + 1) * pf[k]
-            e2f += (k + 1) ** 2 * pf[k]
-            if ps[k] != 0:
-                hs -= ps[k] * np.log2(ps[k])
-            if pf[k] != 0:
-                hf -= pf[k] * np.log2(pf[k])
-        c = 0.0 if num == 0 else num / np.sqrt(vs * vf)
-        sd_s = np.sqrt(max(e2s - e1s * e1s, 0.0))
-        sd_f = np.sqrt(max(e2f - e1f * e1f, 0.0))
-        cov = 0.0
-        for i in range(l):  # rows: F's index i, columns: the source's index j
-            for j in range(l):
-                if c >= 0:
-                    bnd = min(cf[i], cs[j])
-                else:
-                    bnd = max(cf[i] + cs[j] - 1.0, 0.0)
-                bound[i + 1, j + 1] = bnd
-                cov += bnd - cf[i] * cs[j]
-        mix = 0.0
-        if sd_s != 0 and sd_f != 0 and c != 0:
-            mix = c / (cov / (sd_f * sd_s))
-        hj = 0.0
-        for i in range(l):
-            for j in range(l):
-                d = bound[i + 1, j + 1] - bound[i, j + 1] - bound[i + 1, j] + bound[i, j]
-                q = mix * d + (1.0 - mix) * pf[i] * ps[j]
-                if q != 0:
-                    hj -= q * np.log2(abs(q))
-        mi = hs + hf - hj
-        out[p] = 0.0 if mi == 0 else 2.0 * mi / (hs + hf)
+        else:
+            out[p] = _fmi_window(s[p], f[p], w, ps, pf, cs, cf, bnd)
     return out
+
+
+def _b_comparison(wa: np.ndarray, wf: np.ndarray) -> np.ndarray:
+    """The F windows Haghighat's fmi.m compares B with: its A step overwrites fSub with the min-max
+    normalised window (ones if constant) unless A's window equals F's, so B is compared with that."""
+    lo, hi = wf.min(1, keepdims=True), wf.max(1, keepdims=True)
+    span = hi - lo
+    norm = np.where(span == 0, 1.0, (wf - lo) / np.where(span == 0, 1.0, span))
+    same = np.all(wa == wf, axis=1, keepdims=True)
+    return np.where(same, wf, norm)
 
 
 def _windows(x: np.ndarray, w: int) -> np.ndarray:
@@ -169,35 +210,61 @@ def _check(a, b, f, feature: str, window: int):
 
 
 def fmi_fast(a, b, f, feature: str = "pixel", window: int = 3) -> float:
-    """Fast FMI (see module docstring): stride-trick windows, compiled per-window kernel."""
+    """Fast FMI (see module docstring): stride-trick windows, compiled per-window kernel.
+
+    As the published fmi.m: a window pair scores 1 when the source window equals F's; for B the F
+    window compared is the one A's step left behind (normalised unless A's window equalled F's), so
+    e.g. an edge-free window of B and F still scores ~0 where A has edges.
+    """
     fa, fb, ff = _check(np.asarray(a), np.asarray(b), np.asarray(f), feature, window)
     wa, wb, wf = (_windows(x, window) for x in (fa, fb, ff))
-    return float(0.5 * (_fmi_windows(wa, wf) + _fmi_windows(wb, wf)).mean())
+    v = _fmi_windows(wa, wf, wf, window) + _fmi_windows(wb, wf, _b_comparison(wa, wf), window)
+    return float(0.5 * v.mean())
 
 
-def _fmi_window_ref(s: np.ndarray, f: np.ndarray) -> float:
+def _fmi_window_ref(s: np.ndarray, f: np.ndarray, skip_equal: bool = True) -> float:
     """One window pair, written out as the published per-element loops (slow reference)."""
-    if np.array_equal(s, f):
+    if skip_equal and np.array_equal(s, f):
         return 1.0
-    ps, pf = _window_pdfs(s[None])[0], _window_pdfs(f[None])[0]
+    w = int(round(np.sqrt(len(s))))
+
+    def pdf(x):  # min-max, then divided by MATLAB's sum(sum(X)) (column sums first), in plain floats
+        lo, hi = min(x), max(x)
+        v = [1.0 if hi == lo else (t - lo) / (hi - lo) for t in x]
+        tot = 0.0
+        for col in range(len(v) // w):
+            cs_ = 0.0
+            for t in v[col * w : (col + 1) * w]:
+                cs_ += t
+            tot += cs_
+        return [t / tot for t in v]
+
+    ps, pf = pdf(list(map(float, s))), pdf(list(map(float, f)))
     l = len(ps)
     cs, cf = np.cumsum(ps), np.cumsum(pf)
-    ts, tf = ps - ps.mean(), pf - pf.mean()
-    num = float((ts * tf).sum())
-    c = 0.0 if num == 0 else num / np.sqrt((ts * ts).sum() * (tf * tf).sum())
-    i1 = np.arange(1, l + 1)
-    sd_s = np.sqrt(max((i1**2 * ps).sum() - (i1 * ps).sum() ** 2, 0.0))
-    sd_f = np.sqrt(max((i1**2 * pf).sum() - (i1 * pf).sum() ** 2, 0.0))
+    ms, mf = sum(ps) / l, sum(pf) / l
+    ts, tf = [p - ms for p in ps], [p - mf for p in pf]
+    num = sum(x * y for x, y in zip(ts, tf, strict=True))
+    c = 0.0 if num == 0 else num / np.sqrt(sum(x * x for x in ts) * sum(y * y for y in tf))
+
+    def sd(pp):  # population standard deviation of the index under the PDF
+        e1 = sum((k + 1) * p for k, p in enumerate(pp))
+        return np.sqrt(max(sum((k + 1) ** 2 * p for k, p in enumerate(pp)) - e1**2, 0.0))
+
+    sd_s, sd_f = sd(ps), sd(pf)
 
     def bound(i: int, j: int) -> float:
         if i < 0 or j < 0:
             return 0.0
         if c >= 0:
-            return min(cf[i], cs[j])
-        return max(cf[i] + cs[j] - 1.0, 0.0)
+            return 0.5 * (cf[i] + cs[j] - abs(cf[i] - cs[j]))
+        return 0.5 * (cf[i] + cs[j] - 1 + abs(cf[i] + cs[j] - 1))
 
-    cov = sum(bound(i, j) - cf[i] * cs[j] for i in range(l) for j in range(l))
-    if sd_s == 0 or sd_f == 0 or c == 0:
+    cov = 0.0
+    for i in range(l):
+        for j in range(l):
+            cov = cov + bound(i, j) - cf[i] * cs[j]
+    if sd_s == 0 or sd_f == 0 or (c >= 0 and c == 0):
         mix = 0.0
     else:
         mix = c / (cov / (sd_f * sd_s))
@@ -218,7 +285,12 @@ def fmi_ref(a, b, f, feature: str = "pixel", window: int = 3) -> float:
     """Slow per-window reference of `fmi_fast` (small images only)."""
     fa, fb, ff = _check(np.asarray(a), np.asarray(b), np.asarray(f), feature, window)
     wa, wb, wf = (_windows(x, window) for x in (fa, fb, ff))
-    vals = [0.5 * (_fmi_window_ref(wa[p], wf[p]) + _fmi_window_ref(wb[p], wf[p])) for p in range(len(wa))]
+    fcmp = _b_comparison(wa, wf)
+    vals = [
+        0.5 * (_fmi_window_ref(wa[p], wf[p]) + (1.0 if np.array_equal(wb[p], fcmp[p]) else
+                                                 _fmi_window_ref(wb[p], wf[p], skip_equal=False)))
+        for p in range(len(wa))
+    ]
     return float(np.mean(vals))
 
 

@@ -36,15 +36,24 @@ def entropy(x: np.ndarray, bins: int = 256, value_range=(0.0, 256.0), unit: str 
 
 
 def mutual_information(
-    x: np.ndarray, y: np.ndarray, bins: int = 256, value_range=(0.0, 256.0), unit: str = "bits"
+    x: np.ndarray, y: np.ndarray, bins: int = 256, value_range=(0.0, 256.0), unit: str = "bits",
+    joint_saturate: bool = False,
 ) -> tuple[float, float, float]:
-    """(MI(x, y), H(x), H(y)) from the joint `bins` x `bins` histogram."""
+    """(MI(x, y), H(x), H(y)) from the joint `bins` x `bins` histogram.
+
+    joint_saturate: the joint histogram merges the top level into the one below, as Tang's Hab.m does
+    (its `uint8 + 1` index saturates at 255), while the marginal entropies keep every level.
+    """
     ix, iy = _bin_index(x, bins, value_range), _bin_index(y, bins, value_range)
     joint = np.bincount(ix * bins + iy, minlength=bins * bins).reshape(bins, bins)
     hx = _entropy_of_counts(joint.sum(1), unit)
     hy = _entropy_of_counts(joint.sum(0), unit)
+    if joint_saturate:
+        jx, jy = np.minimum(ix, bins - 2), np.minimum(iy, bins - 2)
+        joint = np.bincount(jx * bins + jy, minlength=bins * bins)
     hxy = _entropy_of_counts(joint.ravel(), unit)
-    return max(hx + hy - hxy, 0.0), hx, hy
+    mi = hx + hy - hxy
+    return (mi if joint_saturate else max(mi, 0.0)), hx, hy
 
 
 @register_metric(
@@ -77,7 +86,8 @@ def en_unique(a, b, f, unit: str = "bits") -> float:
     spatial_dims=(2, 3),
 )
 def mi(
-    a, b, f, bins: int = 256, value_range=(0.0, 256.0), unit: str = "bits", how: str = "sum", rescale: bool = False
+    a, b, f, bins: int = 256, value_range=(0.0, 256.0), unit: str = "bits", how: str = "sum", rescale: bool = False,
+    joint_saturate: bool = False,
 ) -> float:
     """MI of each source with F, combined by `how` ('sum' as Qu et al.; 'mean' optional).
 
@@ -87,8 +97,8 @@ def mi(
     if rescale:
         a, b, f = (_rescale255(x) for x in (a, b, f))
     return combine(
-        mutual_information(a, f, bins, value_range, unit)[0],
-        mutual_information(b, f, bins, value_range, unit)[0],
+        mutual_information(a, f, bins, value_range, unit, joint_saturate)[0],
+        mutual_information(b, f, bins, value_range, unit, joint_saturate)[0],
         how,
     )
 

@@ -107,7 +107,8 @@ _VIFB = {
 
 _TANG = {
     "EN": _c("entropy (Image Processing Toolbox)"),
-    "MI": _c("MI_evaluation"),
+    "MI": _c("MI_evaluation: Hab.m's uint8 index saturates, levels 254 and 255 share a joint bin",
+             joint_saturate=True),
     "SD": _c("SD_evaluation"),
     "SF": _c("SF_evaluation"),
     "PSNR": _c("PSNR_evaluation: 20 log10(255 / RMSE) with RMSE on [0, 1] (48.13 dB above peak 1)",
