@@ -9,6 +9,7 @@ import click
 
 from neurofuse.cli.app import main
 from neurofuse.cli.fuse import method_options
+from neurofuse.cli.options import clip_option
 from neurofuse.errors import InputError, UsageError
 
 
@@ -27,8 +28,8 @@ from neurofuse.errors import InputError, UsageError
 @click.option("--slices", default=8, show_default=True, help="2D: tumour-bearing axial slices per case.")
 @click.option("--mode", type=click.Choice(["resample", "crop"]), default="resample", show_default=True,
               help="Brain box to grid: scale to fit, or crop/pad at native resolution.")
-@click.option("--clip-percentiles", nargs=2, type=float, default=(0.5, 99.5), show_default=True,
-              help="Brain intensity percentiles mapped to 0 and 1 (per volume).")
+@clip_option(default=(0.5, 99.5), help="Brain intensity percentiles mapped to 0 and 1 (per volume).",
+             dest="clip_percentiles")
 @click.option("--fuse-in", type=click.Choice(["slices", "volume"]), default="slices", show_default=True,
               help="2D fused inputs: fuse each axial slice in 2D, or take the slices of the volume fused in 3D.")
 @click.option("-O", "--option", "fuse_opts", multiple=True, metavar="KEY=VALUE",

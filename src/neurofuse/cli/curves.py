@@ -7,12 +7,13 @@ from pathlib import Path
 import click
 
 from neurofuse.cli.app import main
+from neurofuse.cli.options import output_option
 from neurofuse.errors import UsageError
 
 
 @main.command("curves")
 @click.argument("runs", nargs=-1, required=True)
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@output_option(type=click.Path(dir_okay=False), help="PNG to write.")
 @click.option("--metric", "metrics", multiple=True,
               help="Log column to draw (repeatable); default val_SSIM, val_PSNR, val_FMI, val_Qabf.")
 @click.option("--table", type=click.Path(dir_okay=False), help="Also write each run's last row as CSV (+ .md).")

@@ -55,8 +55,8 @@ def precision_option(default: str | None = "auto"):
                         type=click.Choice(PRECISIONS), help="Learned methods: auto = bf16 where native, else fp32.")
 
 
-def clip_option(default=None, help: str = "Clip to percentiles LO HI before min-max."):
-    return click.option("--clip", "--clip-percentiles", "clip", nargs=2, type=float, default=default,
+def clip_option(default=None, help: str = "Clip to percentiles LO HI before min-max.", dest: str = "clip"):
+    return click.option("--clip", "--clip-percentiles", dest, nargs=2, type=float, default=default,
                         show_default=default is not None, cls=AliasedOption,
                         hidden_aliases=("--clip-percentiles",), metavar="LO HI", help=help)
 

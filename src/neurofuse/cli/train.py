@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from neurofuse.cli.app import main
+from neurofuse.cli.options import output_option
 
 if TYPE_CHECKING:
     from neurofuse.train import TrainConfig
@@ -52,14 +53,14 @@ def check_state_readable(state: Path) -> None:
 @click.option("--config", "config", type=click.Path(dir_okay=False), help="YAML file of training options.")
 @click.option("--model", help="Registered model name, e.g. clinicalfmamba_2d (see `neurofuse models`).")
 @click.option("--data", type=click.Path(), help="Harvard pair folder (with split.csv) or BraTS-layout folder.")
-@click.option("--out", type=click.Path(), help="Run folder for checkpoints, log.csv and config.yaml.")
+@output_option(required=False, type=click.Path(), help="Run folder for checkpoints, log.csv and config.yaml.")
 @click.option("--epochs", type=_POS_INT)
 @click.option("--batch-size", "batch_size", type=_POS_INT, help="Per-process batch size.")
 @click.option("--lr", type=_POS_FLOAT, help="Peak learning rate (Adam, betas 0.9/0.999).")
 @click.option("--schedule", type=click.Choice(["constant", "cosine"]), help="Cosine decays to min_lr (1e-6).")
 @click.option("--crop", type=_POS_INT, help="Training crop (2D) / patch (3D) side.")
 @click.option("--seed", type=int)
-@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@click.option("--resume", is_flag=True, help="Continue the run in -o/--output exactly where it stopped.")
 @click.option("--max-steps", "max_steps", type=_POS_INT, help="Stop (resumably) after this many optimiser steps.")
 @click.option("--max-minutes", "max_minutes", type=_POS_FLOAT, help="Stop (resumably) after this much wall time.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
@@ -78,7 +79,7 @@ def check_state_readable(state: Path) -> None:
               help="After training, write the best weights as float16 safetensors here.")
 def train_cmd(config: str | None, resume: bool, export_path: str | None, snapshot_to: str | None,
               **overrides: Any) -> None:
-    """Train a fusion model; checkpoints, log.csv and config.yaml go to --out.
+    """Train a fusion model; checkpoints, log.csv and config.yaml go to -o/--output.
 
     Multi-process: `torchrun --nproc_per_node N -m neurofuse train ...` (gloo on CPU, nccl on CUDA).
     """
