@@ -150,3 +150,20 @@ def test_smoke_trains_packs_unpacks_and_ships(tmp_path, monkeypatch):
                                "mrscfusion_small.ct-mri", "mrscfusion_small.spect-mri"]
     entries = json.loads((weights / "manifest.json").read_text(encoding="utf-8"))
     assert entries["mrscfusion_small.ct-mri"]["source"] == "mrscfusion_small_ct-mri_fusion_gpu/best"
+
+
+def test_out_of_memory_relaunches_once_at_half_the_batch(tmp_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    st = gpu.Stage("r", "swinfusion_small", "ct-mri", None, 200, 1.0, {"batch_size": 8},
+                   config_path=tmp_path / "r.yaml")
+    chain = gpu.Chain("c", [st])
+    clock = gpu.Clock(0.0, 600.0, 30.0, 45.0, 25.0, 20.0)
+    for expected_next, batch in ((0, 4), (1, 4)):  # the first OOM retries, the second gives up
+        log = tmp_path / "logs" / "r.log"
+        log.write_text("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+        chain.log = open(log, "rb")  # noqa: SIM115
+        gpu.finish(chain, clock, 1, tmp_path)
+        assert chain.next == expected_next and st.config["batch_size"] == batch
+    assert st.retried and st.status.startswith("failed") and not (tmp_path / "runs" / "r").exists()
+    assert "batch_size: 4" in st.config_path.read_text(encoding="utf-8")

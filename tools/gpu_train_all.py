@@ -26,7 +26,7 @@ weights of final stages go first and what is left out is listed in the manifest.
 `--ship`).
 
     # here (no GPU needed): copy the Harvard pairs into .gpu/ (git-ignored) and check what travels
-    python tools/gpu_train_all.py --prepare
+    python tools/gpu_train_all.py --prepare       # after the call: --clean (no copy of the data stays)
     # on the GPU machine, one call (device tool: carry [".gpu"], timeout_s 600):
     PYTHONUNBUFFERED=1 python3 tools/gpu_train_all.py --data .gpu/data --out $OUT --check-scan
     # on a CPU, the whole path in under a minute (2 pair sets x 2 methods, 1 step each, a tiny split):
@@ -69,6 +69,9 @@ STAND_INS = ("nibabel", "pywt")  # imported by neurofuse at module level, never 
 MIB = 1 << 20
 TEXT_FILES = ("progress.json", "log.csv", "best.json", "config.yaml", "train.log")
 LOG_TAIL = 32 * 1024  # bytes of each process's output that are packed
+# The peers' processes run at a lower CPU priority: ClinicalFMamba's (launch-bound, the slowest) get the cores
+# first when 21 processes share 16 of them. Set by --peer-nice.
+NICE_PEERS = 5
 
 
 def _log(msg: str) -> None:
@@ -128,6 +131,7 @@ class Stage:
     max_minutes: float | None = None
     launched_s: float | None = None
     ended_s: float | None = None
+    retried: bool = False  # relaunched once at half the batch after running out of GPU memory
 
 
 @dataclass
@@ -230,16 +234,20 @@ def write_configs(chains: list[Chain], work: Path, env: dict[str, str]) -> None:
         for chain in chains:
             for st in chain.stages:
                 st.config_path = work / "configs" / f"{st.run}.yaml"
-                header = (f"# {st.run}: derived by tools/gpu_train_all.py from "
-                          f"{_base_config(st.model, st.pair, st.stage).relative_to(REPO)} "
-                          f"({st.epochs} epochs on whole images, no crop schedule)\n")
-                st.config_path.write_text(header + yaml.safe_dump(st.config, sort_keys=False), encoding="utf-8")
+                write_config(st)
                 TrainConfig.from_yaml(st.config_path)
     finally:
         if saved is None:
             os.environ.pop("NEUROFUSE_DATA", None)
         else:
             os.environ["NEUROFUSE_DATA"] = saved
+
+
+def write_config(st: Stage) -> None:
+    header = (f"# {st.run}: derived by tools/gpu_train_all.py from "
+              f"{_base_config(st.model, st.pair, st.stage).relative_to(REPO)} "
+              f"({st.epochs} epochs on whole images, no crop schedule)\n")
+    st.config_path.write_text(header + yaml.safe_dump(st.config, sort_keys=False), encoding="utf-8")
 
 
 def smoke_data(source: Path, dest: Path, sets: list[str], n_train: int = 2, n_val: int = 1) -> Path:
@@ -335,18 +343,32 @@ def launch(chain: Chain, clock: Clock, env: dict[str, str], work: Path, min_minu
            "--max-minutes", f"{minutes:.3f}", "--snapshot-to", str(snap),
            "--export-fp16", str(snap / "best.safetensors")]
     chain.log = open(work / "logs" / f"{st.run}.log", "wb")  # noqa: SIM115 (closed when the process ends)
-    chain.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=chain.log, stderr=subprocess.STDOUT)
+    nice = 0 if st.model.startswith("clinicalfmamba") else NICE_PEERS
+    chain.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=chain.log, stderr=subprocess.STDOUT,
+                                  preexec_fn=(lambda: os.nice(nice)) if nice and os.name == "posix" else None)
     st.status, st.max_minutes, st.launched_s = "running", round(minutes, 3), round(clock.now(), 1)
     _log(f"{st.run}: started, --max-minutes {minutes:.2f}")
     return True
 
 
-def finish(chain: Chain, clock: Clock, code: int) -> None:
+def finish(chain: Chain, clock: Clock, code: int, work: Path | None = None) -> None:
     st = chain.stages[chain.next]
     st.exit_code, st.ended_s = code, round(clock.now(), 1)
     st.status = "exited" if code == 0 else f"failed (exit code {code})"
     chain.log.close()
     chain.proc, chain.log = None, None
+    log = None if work is None else work / "logs" / f"{st.run}.log"
+    if (code != 0 and log is not None and not st.retried and int(st.config["batch_size"]) > 1
+            and "out of memory" in log.read_bytes()[-LOG_TAIL:].decode(errors="replace").lower()):
+        # Out of GPU memory (many processes share one card): once more at half the batch, in what time is left.
+        st.retried = True
+        st.config["batch_size"] = int(st.config["batch_size"]) // 2
+        log.rename(log.with_suffix(".oom.log"))
+        shutil.rmtree(work / "runs" / st.run, ignore_errors=True)
+        shutil.rmtree(work / "snapshots" / st.run, ignore_errors=True)
+        write_config(st)
+        _log(f"{st.run}: out of memory; again with batch {st.config['batch_size']}")
+        return
     chain.next += 1
     if code != 0:
         for later in chain.stages[chain.next:]:
@@ -364,7 +386,7 @@ def run_all(chains: list[Chain], clock: Clock, env: dict[str, str], work: Path, 
         for chain in running:
             code = chain.proc.poll()
             if code is not None:
-                finish(chain, clock, code)
+                finish(chain, clock, code, work)
         for chain in chains:
             busy = sum(c.proc is not None for c in chains)
             if chain.proc is None and chain.next < len(chain.stages) and (jobs <= 0 or busy < jobs):
@@ -383,7 +405,7 @@ def run_all(chains: list[Chain], clock: Clock, env: dict[str, str], work: Path, 
                 if chain.proc is not None:
                     if chain.proc.poll() is None:
                         chain.proc.kill()
-                    finish(chain, clock, chain.proc.wait())
+                    finish(chain, clock, chain.proc.wait())  # no retry at the deadline
                     chain.stages[chain.next - 1].status = "stopped at the deadline"
                 for later in chain.stages[chain.next:]:
                     later.status = "skipped: deadline"
@@ -404,7 +426,8 @@ def collect(st: Stage, work: Path) -> dict[str, Any]:
     snap.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {"run": st.run, "model": st.model, "pair": st.pair, "stage": st.stage,
                             "epochs_planned": st.epochs, "status": st.status, "exit_code": st.exit_code,
-                            "max_minutes": st.max_minutes, "launched_s": st.launched_s, "ended_s": st.ended_s}
+                            "max_minutes": st.max_minutes, "launched_s": st.launched_s, "ended_s": st.ended_s,
+                            "batch_size": st.config["batch_size"], "retried_after_oom": st.retried}
     try:
         if (run / "progress.json").is_file() and not (snap / "progress.json").is_file():
             write_snapshot(run, snap)
@@ -419,6 +442,10 @@ def collect(st: Stage, work: Path) -> dict[str, Any]:
     if log.is_file():
         data = log.read_bytes()[-LOG_TAIL:].replace(b"\r", b"\n")
         (snap / "train.log").write_bytes(b"\n".join(line for line in data.split(b"\n") if line.strip()) + b"\n")
+    if (snap / "train.log").is_file():  # the trainer's last word: done | max_steps | max_minutes
+        ends = [ln for ln in (snap / "train.log").read_text(encoding="utf-8", errors="replace").splitlines()
+                if ln.split(":", 1)[0] in ("done", "max_steps", "max_minutes")]
+        info["stopped"] = ends[-1].split(":", 1)[0] if ends else None
     if (snap / "progress.json").is_file():
         p = json.loads((snap / "progress.json").read_text(encoding="utf-8"))
         info.update({k: p.get(k) for k in ("step", "total_steps", "epoch", "images", "pixels", "pixels_full",
@@ -644,8 +671,10 @@ def prepare(args: argparse.Namespace) -> None:
             raise SystemExit(f"{src / folder}: no split.csv (give --source, the folder holding harvard/)")
         if not (dest / folder).is_dir():
             shutil.copytree(src / folder, dest / folder)
-    exclude = REPO / ".git" / "info" / "exclude"
-    if exclude.parent.is_dir() and "/.gpu/" not in exclude.read_text(encoding="utf-8").split():
+    exclude = REPO / subprocess.run(["git", "rev-parse", "--git-path", "info/exclude"], cwd=REPO, check=True,
+                                    capture_output=True, text=True).stdout.strip()
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    if "/.gpu/" not in (exclude.read_text(encoding="utf-8").split() if exclude.is_file() else []):
         with open(exclude, "a", encoding="utf-8") as fh:
             fh.write("/.gpu/\n")
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
@@ -677,6 +706,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--final-s", type=float, default=25.0, help="Set aside per process for its last validation.")
     p.add_argument("--pack-s", type=float, default=30.0, help="Reserve for packing at the end.")
     p.add_argument("--grace-s", type=float, default=20.0, help="Wait past the planned end before stopping runs.")
+    p.add_argument("--peer-nice", type=int, default=NICE_PEERS, help="CPU niceness of the peers' processes.")
     p.add_argument("--jobs", type=int, default=0, help="Processes at once (0: every chain at once).")
     p.add_argument("--max-files", type=int, default=8)
     p.add_argument("--shard-mib", type=float, default=16.0)
@@ -687,6 +717,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stand-ins", action="store_true", help="Use the stand-in modules even where installed.")
     p.add_argument("--dry-run", action="store_true", help="Write and check the configs, print the plan, stop.")
     p.add_argument("--prepare", action="store_true", help="Copy the data into .gpu/ for a device call.")
+    p.add_argument("--clean", action="store_true", help="Remove .gpu/ (the copy of the data) after the call.")
     p.add_argument("--source", default=str(REPO / "../shared/data"), help="--prepare: folder holding harvard/.")
     p.add_argument("--scan-check-only", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
@@ -703,6 +734,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    global NICE_PEERS
+    NICE_PEERS = args.peer_nice
+    if args.clean:
+        shutil.rmtree(REPO / ".gpu", ignore_errors=True)
+        return 0
     if args.prepare:
         prepare(args)
         return 0
@@ -750,8 +786,8 @@ def main(argv: list[str] | None = None) -> int:
         n_other += 1
         device = "cpu" if args.smoke else args.device
         scan_proc = subprocess.Popen(
-            [sys.executable, __file__, "--scan-check-only", str(work / "scan_check.json"), "--device", device]
-            + (["--stand-ins"] if args.stand_ins else []),
+            [sys.executable, str(Path(__file__).resolve()), "--scan-check-only", str(work / "scan_check.json"),
+             "--device", device] + (["--stand-ins"] if args.stand_ins else []),
             cwd=REPO, env=env, stdout=open(work / "scan_check.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
     if not args.smoke:  # compile the validation metrics' numba kernels once, into the shared cache
         helpers.append(subprocess.Popen([sys.executable, "-c", _WARM_METRICS], cwd=REPO, env=env,
@@ -790,8 +826,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     for info in infos:
         pix = info.get("pixels")
-        _log(f"{info['run']}: {info['status']}, step {info.get('step')}/{info.get('total_steps')}, "
-             f"{(pix or 0) / 1e6:.1f} Mpx, {info.get('train_seconds')} s")
+        _log(f"{info['run']}: {info['status']} ({info.get('stopped')}), step {info.get('step')}/"
+             f"{info.get('total_steps')}, {(pix or 0) / 1e6:.1f} Mpx, {info.get('train_seconds')} s")
     _log(f"packed {len(shards)} shards ({sum(s['bytes'] for s in shards) / MIB:.1f} MiB), "
          f"{len(left_out)} files left out; done at {clock.now():.0f} s")
     failed = [i["run"] for i in infos if i["exit_code"] not in (0, None) and i["status"] != "stopped at the deadline"]

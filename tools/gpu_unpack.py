@@ -126,7 +126,8 @@ def main() -> None:
     args = parser.parse_args()
     manifest = unpack(args.folder, args.dest, args.overwrite)
     for info in manifest["runs"]:
-        print(f"{info['run']}: {info['status']}, step {info.get('step')}/{info.get('total_steps')}, "
+        print(f"{info['run']}: {info['status']} ({info.get('stopped')}), step {info.get('step')}/"
+              f"{info.get('total_steps')}, "
               f"{(info.get('pixels') or 0) / 1e6:.1f} M pixels -> {args.dest / info['run']}")
     for item in manifest.get("left_out", []):
         print(f"left out on the GPU machine: {item['path']} ({item['why']})")
