@@ -138,7 +138,7 @@ class HarvardPairs(_PairDataset):
     """Harvard (AANLIB) 2D pairs in `<root>/MRI/*.png` and `<root>/<CT|SPECT|PET>/*.png` with `split.csv`.
 
     Args:
-        root: a pair folder such as `../shared/data/harvard/SPECT-MRI`.
+        root: a pair folder such as `$NEUROFUSE_DATA/harvard/SPECT-MRI` (any `neurofuse.layouts` layout).
         split: "train", "val" or "all" (rows of `split.csv`: id,case,split).
         crop: side of a random square crop (training); None keeps the full 256x256 image.
         augment: random flips and rot90 (training).
