@@ -81,10 +81,10 @@ def test_ema_is_the_moving_average_of_the_weights(pairs, tmp_path):
     ema = d * ema + (1 - d) * w2 after the second."""
     out = tmp_path / "e"
     model = _seeded()
-    train(_cfg(pairs, out, ema=0.5, max_steps=1, epochs=1), model=model)
+    train(_cfg(pairs, out, ema=0.5, ema_warmup=False, max_steps=1, epochs=1), model=model)
     w1 = {k: v.clone() for k, v in model.state_dict().items()}
     assert all(torch.equal(load_file(str(out / "last_ema.safetensors"))[k], w1[k]) for k in w1)
-    train(_cfg(pairs, out, ema=0.5, max_steps=2, epochs=1, resume=True), model=model)
+    train(_cfg(pairs, out, ema=0.5, ema_warmup=False, max_steps=2, epochs=1, resume=True), model=model)
     w2 = model.state_dict()
     ema = load_file(str(out / "last_ema.safetensors"))
     for k, v in w2.items():
@@ -192,3 +192,18 @@ def test_deadline_flag_lives_on_the_training_device(monkeypatch):
     with pytest.raises(Exception):  # noqa: B017 (a meta tensor has no value; what matters is where it was made)
         trainer._out_of_time(0.0)
     assert seen[-1] == torch.device("meta")
+
+
+def test_ema_warmup_follows_recent_weights():
+    """With warm-up the n-th update uses decay min(d, (1 + n) / (10 + n)): after 100 updates of a weight
+    moving from 0 to 1, the warmed-up EMA has followed it far more than a plain 0.999 EMA."""
+    from neurofuse.train import ema_update_fn
+
+    for warmup, lo, hi in ((True, 0.6, 0.95), (False, 0.0, 0.1)):
+        ema, fn = [torch.zeros(1)], ema_update_fn(0.999, warmup)
+        for n in range(1, 101):
+            fn(ema, [torch.full((1,), n / 100)], torch.tensor(n))
+        assert lo < float(ema[0]) < hi, (warmup, float(ema[0]))
+    first = [torch.zeros(1)]
+    ema_update_fn(0.999)(first, [torch.ones(1)], torch.tensor(1))
+    assert float(first[0]) == pytest.approx(1 - 2 / 11)

@@ -125,6 +125,7 @@ class TrainConfig:
     # its schedule position (step, images and pixels seen); the optimiser starts afresh.
     continue_from: str | None = None
     ema: float | None = None  # decay of an exponential moving average of the weights (validated, shipped)
+    ema_warmup: bool = True  # decay min(ema, (1 + n) / (10 + n)) after n updates, so a short run's EMA is not stale
     val_raw: bool = False  # with `ema`, also validate the raw weights (val_raw_* columns) to measure the EMA
     final_val_all: bool = True  # the validation at a stop uses the whole val split (ignores val_limit)
     resume: bool = False
@@ -207,6 +208,19 @@ def _valid_crop_schedule(schedule: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return bool(fracs) and fracs[0] == 0.0 and fracs == sorted(fracs) and fracs[-1] < 1.0 and min(sides) >= 1
+
+
+def ema_update_fn(decay: float, warmup: bool = True):
+    """`AveragedModel` update applying torch's EMA step with decay `decay`, or with the warm-up
+    min(decay, (1 + n) / (10 + n)) after n updates (as timm's ModelEmaV2 warm-up and TF's num_updates):
+    with decay 0.999 and no warm-up, the EMA after 100 steps still holds 90% of the starting weights."""
+
+    def update(ema_params, params, n_averaged) -> None:
+        n = int(n_averaged)
+        step_decay = min(decay, (1.0 + n) / (10.0 + n)) if warmup else decay
+        get_ema_multi_avg_fn(step_decay)(ema_params, params, n_averaged)
+
+    return update
 
 
 def crop_at(cfg: TrainConfig, step: int, total_steps: int) -> int | None:
@@ -542,7 +556,7 @@ class Trainer:
         model.train()
         self.ema = None
         if cfg.ema is not None:  # torch's own EMA wrapper; buffers (norm statistics) are averaged too
-            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+            self.ema = AveragedModel(model, multi_avg_fn=ema_update_fn(cfg.ema, cfg.ema_warmup), use_buffers=True)
         self.shipped = model if self.ema is None else self.ema.module  # validated, kept as best, shipped
 
         self.params = [p for p in model.parameters() if p.requires_grad]
