@@ -108,6 +108,9 @@ def test_snapshot_continues_the_schedule_elsewhere(pairs, tmp_path):
     weights = load_file(str(snap / "weights.safetensors"))
     assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
     progress = read_snapshot(snap)
+    assert progress["weights_from"] == "last_ema.safetensors"
+    raw = read_snapshot(write_snapshot(first, tmp_path / "raw", raw=True))
+    assert raw["weights_from"] == "last.safetensors"
     assert progress["step"] == 3 and progress["images"] == 6 and progress["config"]["ema"] == 0.9
     # A new machine: no run folder, only the snapshot. The run continues at step 3 of the same schedule.
     again = train(_cfg(pairs, tmp_path / "second", ema=0.9, epochs=2, continue_from=str(snap / "progress.json")),

@@ -323,11 +323,12 @@ def machine_summary(device: torch.device) -> str:
 SNAPSHOT_WEIGHTS = "weights.safetensors"
 
 
-def write_snapshot(run: str | Path, dest: str | Path) -> Path:
+def write_snapshot(run: str | Path, dest: str | Path, raw: bool = False) -> Path:
     """Copy a run's current state to `dest` for committing: float16 weights (EMA ones when the run keeps an
     EMA), `progress.json` (steps, images and pixels seen, config, last validation) and `log.csv`.
 
-    `continue_from: <dest>/progress.json` continues the schedule from there on any machine.
+    `continue_from: <dest>/progress.json` continues the schedule from there on any machine. `raw` takes the
+    raw weights even when an EMA is kept (for a run too short for its EMA; the JSON says which).
     """
     run, dest = Path(run), Path(dest)
     progress_path = run / "progress.json"
@@ -335,8 +336,9 @@ def write_snapshot(run: str | Path, dest: str | Path) -> Path:
         raise InputError(f"{progress_path}: not found (the run has not written a checkpoint yet)")
     progress = json.loads(progress_path.read_text(encoding="utf-8"))
     dest.mkdir(parents=True, exist_ok=True)
-    export_fp16(run / progress["weights"], dest / SNAPSHOT_WEIGHTS)
-    progress["weights"] = SNAPSHOT_WEIGHTS
+    source = "last.safetensors" if raw else progress["weights"]
+    export_fp16(run / source, dest / SNAPSHOT_WEIGHTS)
+    progress["weights"], progress["weights_from"] = SNAPSHOT_WEIGHTS, source
     write_text(dest / "progress.json", json.dumps(progress, indent=1))
     if (run / "log.csv").is_file():
         write_text(dest / "log.csv", (run / "log.csv").read_text(encoding="utf-8"))
