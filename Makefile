@@ -7,7 +7,7 @@ DEMO_OUT ?= demo_out
 # UTF-8 text I/O whatever the machine's locale (tables hold "±"; some environments default to ASCII).
 export PYTHONUTF8 := 1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+# Headless Chromium for the HTML report's browser test (Debian/Ubuntu; the test skips without it).
+browser:
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q --no-install-recommends chromium)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("fusion", ("neurofuse.fusion", "neurofuse.baselines", "neurofuse.learned", "neurofuse.inference",
                 "neurofuse.pipeline", "neurofuse.registration", "neurofuse")),
     ("apps", ("neurofuse.train", "neurofuse.evaluate", "neurofuse.benchmark", "neurofuse.classify",
-              "neurofuse.curves")),
+              "neurofuse.curves", "neurofuse.report")),
     ("cli", ("neurofuse.cli", "neurofuse.__main__", "neurofuse.demo")),
 ]
 # groups of one layer that must not import each other

@@ -175,9 +175,20 @@ def run_benchmark(
         [merge_colour(inputs[k][0], images[k][1], images[k][1]) for k in grid_idx],
         [merge_colour(inputs[k][1], images[k][1], images[k][2]) for k in grid_idx],
     ]
-    write_grid(out / "grid.png", [ps.name_a, modality] + list(grid), sources + list(grid.values()))
+    titles, columns = [ps.name_a, modality] + list(grid), sources + list(grid.values())
+    write_grid(out / "grid.png", titles, columns)
+    write_cells(out / "images", [images[k][0] for k in grid_idx], ["A", "B", *grid], columns)
     _write_bars(out / "bars.png", results, presets[0])
     return results
+
+
+def write_cells(folder: Path, ids: list[str], names: list[str], columns: list[list[np.ndarray]]) -> None:
+    """The grid's cells as `folder/<A|B|method>/<id>.png` (for `neurofuse report`'s image picker)."""
+    for name, cells in zip(names, columns, strict=True):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for id_, cell in zip(ids, cells, strict=True):
+            with atomic_write_path(folder / name / f"{id_}.png") as tmp:
+                PILImage.fromarray(np.round(np.clip(cell, 0, 1) * 255).astype(np.uint8)).save(tmp, format="PNG")
 
 
 def write_tables(out: Path, results: list[MethodResult], run: dict) -> None:
@@ -196,7 +207,7 @@ def write_tables(out: Path, results: list[MethodResult], run: dict) -> None:
 def merge_benchmarks(shard_dirs: list[Path], out: Path) -> list[MethodResult]:
     """Join the outputs of sharded `run_benchmark` calls into `out`: the same per-image rows, in the same
     order, and so the same tables as one unsharded run (latencies are those each shard measured; grid.png
-    is the first shard's). Every shard 0..N-1 must be there."""
+    and images/ are the first shard's). Every shard 0..N-1 must be there."""
     runs = [json.loads((d / "run.json").read_text(encoding="utf-8")) for d in shard_dirs]
     counts = {tuple(r["shard"] or (0, 1))[1] for r in runs}
     have = sorted(tuple(r["shard"] or (0, 1))[0] for r in runs)
@@ -229,6 +240,8 @@ def merge_benchmarks(shard_dirs: list[Path], out: Path) -> list[MethodResult]:
     if (shard_dirs[0] / "grid.png").is_file():
         with atomic_write_path(out / "grid.png") as tmp:
             shutil.copyfile(shard_dirs[0] / "grid.png", tmp)
+    if (shard_dirs[0] / "images").is_dir():
+        shutil.copytree(shard_dirs[0] / "images", out / "images", dirs_exist_ok=True)
     _write_bars(out / "bars.png", results, presets[0])
     return results
 
