@@ -210,3 +210,8 @@ def test_ema_warmup_follows_recent_weights():
     first = [torch.zeros(1)]
     ema_update_fn(0.999)(first, [torch.ones(1)], torch.tensor(1))
     assert float(first[0]) == pytest.approx(1 - 2 / 11)
+
+
+def test_negative_budget_in_a_config_is_refused():
+    with pytest.raises(UsageError, match="max_minutes"):
+        TrainConfig(data="d", max_minutes=-1).validate()

@@ -194,6 +194,7 @@ class TrainConfig:
             (self.crop_schedule is None or _valid_crop_schedule(self.crop_schedule),
              f"crop_schedule {self.crop_schedule} ([[fraction, side], ...], fractions rising from 0, sides >= 1)"),
             (self.max_steps is None or self.max_steps >= 0, f"max_steps {self.max_steps}"),
+            (self.max_minutes is None or self.max_minutes > 0, f"max_minutes {self.max_minutes} (must be > 0)"),
             (bool(self.data), "data folder not set"),
         ]
         for ok, what in checks:
