@@ -204,10 +204,6 @@ def test_ddp_two_cpu_processes_keep_replicas_equal(pairs, tmp_path):
 
 
 def test_tiny_clinicalfmamba_via_cli(pairs, tmp_path):
-    from neurofuse.models import list_models
-
-    if "clinicalfmamba_2d_tiny" not in list_models():
-        pytest.skip("clinicalfmamba_2d_tiny is not registered yet")
     from neurofuse.cli import main
 
     out, ship = tmp_path / "cfm", tmp_path / "cfm16.safetensors"
