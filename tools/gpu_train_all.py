@@ -29,7 +29,7 @@ weights of final stages go first and what is left out is listed in the manifest.
     python tools/gpu_train_all.py --prepare       # after the call: --clean (no copy of the data stays)
     # on the GPU machine, one call (device tool: carry [".gpu"], timeout_s 600):
     PYTHONUNBUFFERED=1 python3 tools/gpu_train_all.py --data .gpu/data --out $OUT --check-scan
-    # on a CPU, the whole path in under a minute (2 pair sets x 2 methods, 1 step each, a tiny split):
+    # on a CPU, the whole path in about a minute of CPU time (2 pair sets x 2 methods, 1 step each, tiny split):
     python tools/gpu_train_all.py --smoke --data ../shared/data --out /tmp/gpu_smoke
 
 The GPU machine's Python has PyTorch but not every neurofuse dependency: this script puts `src/` on the
@@ -726,7 +726,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sets = args.sets or ["ct-mri", "spect-mri"]
         args.methods = args.methods or list(SMOKE_METHODS)
         if args.minutes == p.get_default("minutes"):
-            args.minutes = 5.0
+            args.minutes = 12.0  # a safety net only: max_steps ends the runs (slow on a loaded CPU)
     args.sets = args.sets or list(SETS)
     args.methods = args.methods or list(METHODS)
     return args
