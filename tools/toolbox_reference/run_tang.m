@@ -24,8 +24,8 @@ for t = 1:size(T,1)
   vals(end+1,:) = {'Qabf_petrovic2005', qk}; vals(end+1,:) = {'Labf_petrovic2005', lk};
   vals(end+1,:) = {'MS_SSIM', analysis_ms_ssim(imgSeq, img_f_float)};
   r = 105:152;
-  % edge(): Octave's isgray() rejects doubles outside [0, 1], so the edge FMI gets the crops / 255
-  % (edge maps and the per-window min-max normalised FMI are scale invariant).
+  % edge(): Octave's isgray() rejects doubles outside [0, 1], so the edge FMI gets the crops / 255; this
+  % value is superseded by run_tang_fmi_edge.m (/ 256, exact; / 255 changes ties in the edge thinning).
   vals(end+1,:) = {'FMI_edge_crop48', analysis_fmi(img1_float(r,r)/255, img2_float(r,r)/255, img_f_float(r,r)/255)};
   vals(end+1,:) = {'FMI_dct_crop48', analysis_fmi(img1_float(r,r), img2_float(r,r), img_f_float(r,r), 'dct')};
   vals(end+1,:) = {'FMI_none_crop48', analysis_fmi(img1_float(r,r), img2_float(r,r), img_f_float(r,r), 'none')};
