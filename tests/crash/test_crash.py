@@ -53,9 +53,9 @@ def run_here(*args) -> str:
 def kill_when(args, ready, sig=signal.SIGKILL, timeout: float = 300.0) -> int | None:
     """Start `neurofuse args`, send `sig` as soon as `ready()` is true; its exit code (None: it finished first).
 
-    The process runs niced, so that on a busy machine this poller still wakes up before it moves on."""
+    The process runs at nice 10, so that on a busy machine this poller still wakes up before it moves on."""
     log = tempfile.TemporaryFile()  # not a pipe: a chatty process must never block on it
-    proc = subprocess.Popen(cli(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=log, preexec_fn=lambda: os.nice(19))
+    proc = subprocess.Popen(cli(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=log, preexec_fn=lambda: os.nice(10))
     t0 = time.monotonic()
     try:
         while proc.poll() is None:
