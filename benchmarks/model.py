@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from neurofuse.models import create_model
-from neurofuse.precision import native_bf16
+from neurofuse.precision import cpu_info, native_bf16
 from neurofuse.ssm.scan import available_backends
 
 CATEGORIES = (  # (category, substrings of profiler op names), first match wins
@@ -58,16 +58,7 @@ FLAGS_SHOWN = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_v
 
 def cpu_description() -> tuple[str, list[str]]:
     """The CPU model name and which of FLAGS_SHOWN it has (from /proc/cpuinfo, else platform)."""
-    model, flags = "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
-                model = value.strip()
-            if key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
+    model, flags = cpu_info()
     return model or platform.processor() or platform.machine(), [f for f in FLAGS_SHOWN if f in flags]
 
 

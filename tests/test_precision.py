@@ -38,10 +38,12 @@ def test_cpuinfo_flags_when_torch_has_no_probe(no_env, monkeypatch, flags, expec
 
 def test_proc_cpu_flags_parses_the_first_flags_line(monkeypatch, tmp_path):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 amx_bf16\n\n"
+                    "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n")
     real = P.Path
     monkeypatch.setattr(P, "Path", lambda p: info if p == "/proc/cpuinfo" else real(p))
     assert P._proc_cpu_flags() == {"fpu", "avx2", "amx_bf16"}
+    assert P.cpu_info() == ("Some CPU", {"fpu", "avx2", "amx_bf16"})
 
 
 def test_cuda_auto_follows_cuda_bf16_support(no_env, monkeypatch):

@@ -23,16 +23,25 @@ _CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 _SLOWDOWN = "28-53x slower than fp32 for ClinicalFMamba-2D on an AVX2-only AMD EPYC"
 
 
-def _proc_cpu_flags() -> set[str]:
-    """The `flags` of the first processor in /proc/cpuinfo (empty where there is no such file)."""
+def cpu_info() -> tuple[str, set[str]]:
+    """(model name, flags) of the first processor in /proc/cpuinfo; empty where there is no such file."""
+    model, flags = "", set()
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return set()
+        return model, flags
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not model:
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def _proc_cpu_flags() -> set[str]:
+    """The `flags` of the first processor in /proc/cpuinfo (empty where there is no such file)."""
+    return cpu_info()[1]
 
 
 def _torch_cpu_bf16() -> bool | None:

@@ -52,7 +52,7 @@ from neurofuse.metrics import compute_metrics
 from neurofuse.models.optim import param_groups
 from neurofuse.models.pretrained import get_pretrained_cfg, split_name
 from neurofuse.models.registry import create_model, load_weights
-from neurofuse.precision import PRECISIONS, resolve_precision
+from neurofuse.precision import PRECISIONS, cpu_info, resolve_precision
 
 # Settings that may change between a run and its resume without breaking exactness.
 _RESUME_FREE = {"resume", "out", "max_steps", "max_minutes", "threads", "num_workers", "val_limit", "val_metrics",
@@ -309,14 +309,7 @@ def machine_summary(device: torch.device) -> str:
     """One line naming the processor (or GPU) and thread count, for progress and model cards."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_info()[0] or platform.processor() or platform.machine()
     return f"{model}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, " \
            f"capability {torch.backends.cpu.get_cpu_capability()}"
 
