@@ -101,3 +101,31 @@ def test_loss_is_float32_exact_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         amp, _ = fusion_loss_2d(f, a, b)
     assert torch.isfinite(amp) and abs(float(amp) - float(ref)) < 1e-5
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_loss_weights_replace_the_release_weights(nd):
+    g = torch.Generator().manual_seed(0)
+    shape = (1, 1, *([12] * nd))
+    f, a, b = (torch.rand(shape, generator=g) for _ in range(3))
+    release, terms = fusion_loss(f, a, b, nd)
+    ws = (2.0, 10.0, 5.0 if nd == 2 else 1.0)
+    assert release.item() == pytest.approx(sum(w * terms[k] for w, k in zip(ws, ("intensity", "gradient", "ssim"))))
+    loss, same = fusion_loss(f, a, b, nd, weights=(0.5, 0.0, 3.0))
+    assert same == pytest.approx(terms)
+    assert loss.item() == pytest.approx(0.5 * terms["intensity"] + 3.0 * terms["ssim"])
+    with pytest.raises(ValueError, match="three non-negative"):
+        fusion_loss(f, a, b, nd, weights=(1.0, -1.0, 1.0))
+
+
+def test_model_trains_with_its_configured_loss_weights():
+    from neurofuse.models import create_model
+
+    a, b = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
+    torch.manual_seed(0)
+    plain = create_model("clinicalfmamba_2d_tiny")
+    torch.manual_seed(0)
+    ssim_only = create_model("clinicalfmamba_2d_tiny", loss_weights=(0.0, 0.0, 1.0))
+    loss, terms = ssim_only.training_loss(a, b)
+    assert loss.item() == pytest.approx(terms["ssim"], rel=1e-5)
+    assert plain.training_loss(a, b)[1] == pytest.approx(terms, rel=1e-5)

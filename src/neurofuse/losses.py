@@ -157,11 +157,18 @@ def _combine(weights, intensity, grad, ssim_term) -> tuple[torch.Tensor, dict[st
 
 
 def fusion_loss(
-    f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, spatial_dims: int, norm: str = "l1"
+    f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, spatial_dims: int, norm: str = "l1",
+    weights: tuple[float, float, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The ClinicalFMamba loss for `spatial_dims` 2 (with gradient norm `norm`) or 3."""
+    """The ClinicalFMamba loss for `spatial_dims` 2 (with gradient norm `norm`) or 3.
+
+    `weights` (intensity, gradient, SSIM) replaces the release's weights of that dimensionality
+    ((2, 10, 5) in 2D, (2, 10, 1) in 3D) when given."""
+    if weights is not None and (len(weights) != 3 or min(weights) < 0):
+        raise ValueError(f"loss weights must be three non-negative numbers, got {weights!r}")
+    extra = {} if weights is None else {"weights": tuple(float(w) for w in weights)}
     if spatial_dims == 2:
-        return fusion_loss_2d(f, a, b, norm=norm)
+        return fusion_loss_2d(f, a, b, norm=norm, **extra)
     if spatial_dims == 3:
-        return fusion_loss_3d(f, a, b)
+        return fusion_loss_3d(f, a, b, **extra)
     raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
