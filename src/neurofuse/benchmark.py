@@ -27,11 +27,12 @@ from PIL import ImageDraw
 from tqdm import tqdm
 
 from neurofuse.errors import InputError, NeurofuseError, UsageError
-from neurofuse.evaluate import markdown_table
+from neurofuse.evaluate import MeanStd, markdown_table, mean_std
 from neurofuse.fusion import fuse, get_method, list_methods
 from neurofuse.io import atomic_write_path, natural_key, read_image, write_csv, write_text
 from neurofuse.layouts import PairSet, find_pairs, select_split
 from neurofuse.metrics import compute_metrics, get_preset
+from neurofuse.metrics.presets import flag_marked, flag_notes, headline_order
 from neurofuse.pipeline import fusion_inputs, infer_pair, merge_colour
 from neurofuse.shards import Shard
 
@@ -261,19 +262,17 @@ def metrics_or_nan(a: np.ndarray, b: np.ndarray, f: np.ndarray, preset: str) -> 
 
 
 def metric_columns(results: list[MethodResult], preset: str) -> list[str]:
-    """Metric names in table order: the paper's five first, then the rest as computed."""
+    """Metric names in table order: the paper's five first, then the rest as computed, flagged ones
+    (EN_unique, not comparable between float and 8-bit outputs) last."""
     seen: list[str] = []
     for r in results:
         for row in r.metrics.get(preset, [])[:1]:
             seen += [k for k in row if k != "id" and k not in seen]
-    return [m for m in MAIN_METRICS if m in seen] + [m for m in seen if m not in MAIN_METRICS]
+    return headline_order([m for m in MAIN_METRICS if m in seen] + [m for m in seen if m not in MAIN_METRICS])
 
 
-def _stats(r: MethodResult, preset: str, metric: str) -> tuple[float, float]:
-    vals = np.array([row[metric] for row in r.metrics[preset]], dtype=np.float64)
-    if np.isnan(vals).all():
-        return float("nan"), float("nan")
-    return float(np.nanmean(vals)), float(np.nanstd(vals))
+def _stats(r: MethodResult, preset: str, metric: str) -> MeanStd:
+    return mean_std(row[metric] for row in r.metrics[preset])
 
 
 def _timing(r: MethodResult) -> tuple[float, float]:
@@ -300,8 +299,8 @@ def _write_summary_csv(path: Path, results: list[MethodResult], preset: str) -> 
         row = {"method": r.name, "kind": r.kind, "params": r.params, "latency_ms": f"{lat:.3f}",
                "pairs_per_s": f"{thr:.3f}", "n": len(r.latencies)}
         for c in cols:
-            mean, std = _stats(r, preset, c)
-            row.update({f"{c}_mean": f"{mean:.6g}", f"{c}_std": f"{std:.6g}"})
+            s = _stats(r, preset, c)
+            row.update({f"{c}_mean": f"{s.mean:.6g}", f"{c}_std": f"{s.std:.6g}"})
         rows.append(row)
     write_csv(path, rows)
 
@@ -315,15 +314,18 @@ def _write_markdown(path: Path, results, presets, data: Path, split: str, n: int
             if r.skipped:
                 continue
             lat, thr = _timing(r)
-            cells = [f"{m:.4g} ± {s:.2g}" for m, s in (_stats(r, p, c) for c in cols)]
+            cells = [_stats(r, p, c).cell(".4g", ".2g") for c in cols]
             params = "-" if r.params is None else f"{r.params:,}"
             rows.append([r.name, *cells, params, f"{lat:.2f}", f"{thr:.1f}"])
         lines += [f"## Preset `{p}` (mean ± std over pairs)", ""]
-        lines += markdown_table(["method", *cols, "params", "latency (ms)", "pairs/s"], rows) + [""]
+        lines += markdown_table(["method", *map(flag_marked, cols), "params", "latency (ms)", "pairs/s"], rows)
+        notes = flag_notes(cols)
+        lines += [""] + ([*notes, ""] if notes else [])
     skipped = [r for r in results if r.skipped]
     if skipped:
         lines += ["Skipped:", ""] + [f"- `{r.name}`: {r.skipped}" for r in skipped] + [""]
-    lines.append("Metrics undefined on a pair (NaN in per_image.csv) are left out of its mean.")
+    lines.append("Mean ± sample std (ddof 1) over the pairs; a metric undefined on a pair (NaN in per_image.csv) "
+                 "or infinite (PSNR of an output equal to a source: `(k inf)` in the cell) is left out of both.")
     lines.append("Latency: median wall time of the fusion call alone on [0, 1] arrays (no I/O), this machine.")
     write_text(path, "\n".join(lines) + "\n")
 
@@ -358,7 +360,7 @@ def _write_bars(path: Path, results: list[MethodResult], preset: str) -> None:
     cols = [c for c in MAIN_METRICS if c in metric_columns(done, preset)]
     fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 3.6), squeeze=False)
     for ax, c in zip(axes[0], cols, strict=True):
-        means, stds = zip(*(_stats(r, preset, c) for r in done), strict=True)
+        means, stds = zip(*((s.mean, s.std) for s in (_stats(r, preset, c) for r in done)), strict=True)
         ax.bar(range(len(done)), means, yerr=stds, color=["C1" if r.kind == "learned" else "C0" for r in done])
         ax.set_xticks(range(len(done)), [r.name for r in done], rotation=60, ha="right", fontsize=7)
         ax.set_title(c)

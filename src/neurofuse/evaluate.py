@@ -9,7 +9,6 @@ grid (shape, and for volumes the affine).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,23 +102,45 @@ def find_triplets(dir_a: str | Path | None, dir_b: str | Path | None, dir_f: str
     return out
 
 
+@dataclass(frozen=True)
+class MeanStd:
+    """What every "mean ± std" table prints: `mean_std` of one column."""
+
+    mean: float
+    std: float
+    n: int  # finite values, the ones mean and std are over
+    inf: int = 0  # infinite values left out (e.g. PSNR of an output identical to a source)
+
+    def cell(self, spec: str, std_spec: str | None = None) -> str:
+        """`mean ± std` formatted by `spec` (the std by `std_spec` if given), with `(k inf)` when infinite
+        values were left out."""
+        text = f"{self.mean:{spec}} ± {self.std:{std_spec or spec}}"
+        return text + (f" ({self.inf} inf)" if self.inf else "")
+
+
+def mean_std(values: Iterable[float]) -> MeanStd:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value) of the finite values; NaN
+    (undefined) and infinite values are left out, the infinite ones counted in `inf` so that a table can
+    say so. No finite value: mean and std NaN. The one convention of evaluate, benchmark and classify."""
+    vals = np.asarray([float(v) for v in values], dtype=np.float64)
+    finite = vals[np.isfinite(vals)]
+    n_inf = int(np.isinf(vals).sum())
+    if not finite.size:
+        return MeanStd(float("nan"), float("nan"), 0, n_inf)
+    return MeanStd(float(finite.mean()), float(finite.std(ddof=1)) if finite.size > 1 else 0.0, int(finite.size),
+                   n_inf)
+
+
 def summarize(rows: Iterable[dict], metrics: Sequence[str] | None = None) -> list[dict]:
-    """Per metric: mean, sample std (ddof=1; 0 for one row), n and direction over the rows' finite values."""
+    """Per metric: `mean_std` of the rows' values (mean, sample std, n finite, inf left out) and direction."""
     rows = list(rows)
     if metrics is None:
         metrics = [k for k in rows[0] if k in METRICS] if rows else []
     table = []
     for m in metrics:
-        vals = np.array([float(r[m]) for r in rows if m in r and math.isfinite(float(r[m]))])
-        table.append(
-            {
-                "metric": m,
-                "mean": float(vals.mean()) if len(vals) else float("nan"),
-                "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
-                "n": len(vals),
-                "better": METRICS[m].direction if m in METRICS else "",
-            }
-        )
+        s = mean_std(float(r[m]) for r in rows if m in r)
+        better = METRICS[m].direction if m in METRICS else ""
+        table.append({"metric": m, "mean": s.mean, "std": s.std, "n": s.n, "better": better, "inf": s.inf})
     return table
 
 
@@ -144,7 +165,7 @@ def summary_markdown(
         name = r["metric"] + (" †" if r["metric"] in FLAGS else "")
         small = 0 < abs(r["mean"]) < 10.0**-digits * 100  # e.g. Nabf ~1e-7: scientific, not 0.0000
         fmt = f".{digits - 1}e" if small else f".{digits}f"
-        row = [name, f"{r['mean']:{fmt}} ± {r['std']:{fmt}}", r["n"], r["better"]]
+        row = [name, MeanStd(r["mean"], r["std"], r["n"], r.get("inf", 0)).cell(fmt), r["n"], r["better"]]
         rows.append(row + ([conv.get(r["metric"], "").split("; FLAG")[0]] if preset else []))
     lines += markdown_table(["metric", "mean ± std", "n", "better"] + (["convention"] if preset else []), rows)
     lines += [f"\n† {m}: {FLAGS[m]}" for m in FLAGS if any(r["metric"] == m for r in table)]
