@@ -23,7 +23,6 @@ from neurofuse.classify import (
     markdown_table,
     parse_input,
     roc_auc,
-    roc_auc_ref,
     roc_curve,
     stratified_folds,
 )
@@ -32,18 +31,44 @@ from neurofuse.errors import InputError, UsageError
 from neurofuse.synthetic import SynthConfig, write_cohort
 
 
+def roc_auc_ref(labels, scores) -> float:
+    """Reference AUC: the share of (positive, negative) pairs ranked correctly, ties one half (O(n^2))."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    pos, neg = s[y], s[~y]
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    return sum(float(p > q) + 0.5 * float(p == q) for p in pos for q in neg) / (pos.size * neg.size)
+
+
+def roc_curve_ref(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC points written out: (FPR, TPR) after each distinct threshold, highest score first."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    cuts = np.unique(s)[::-1]
+    fpr = [0.0] + [float((s[~y] >= c).sum() / (~y).sum()) for c in cuts]
+    tpr = [0.0] + [float((s[y] >= c).sum() / y.sum()) for c in cuts]
+    return np.array(fpr), np.array(tpr)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 4)), min_size=2, max_size=30))
 def test_auc_matches_pair_count(pairs):
+    """roc_auc and roc_curve are scikit-learn's; both checked against the definitions written out."""
     y = [int(p[0]) for p in pairs]
     s = [float(p[1]) for p in pairs]  # few distinct values: many ties
     fast, ref = roc_auc(y, s), roc_auc_ref(y, s)
     if 0 < sum(y) < len(y):
         assert fast == pytest.approx(ref, abs=1e-12)
         fpr, tpr = roc_curve(y, s)
+        fpr_ref, tpr_ref = roc_curve_ref(y, s)
+        np.testing.assert_allclose(fpr, fpr_ref, atol=1e-12)
+        np.testing.assert_allclose(tpr, tpr_ref, atol=1e-12)
         assert np.trapezoid(tpr, fpr) == pytest.approx(ref, abs=1e-12)  # ties make diagonal steps
     else:
         assert np.isnan(fast) and np.isnan(ref)
+        with pytest.raises(InputError, match="both classes"):
+            roc_curve(y, s)
 
 
 def test_auc_known_values_and_f1():
@@ -67,6 +92,26 @@ def test_stratified_folds_partition():
         stratified_folds([1, 1, 1, 0], 2, seed=0)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 2), min_size=4, max_size=40), st.integers(2, 5), st.integers(0, 99))
+def test_stratified_folds_allocate_as_scikit_learn(y, k, seed):
+    """Our folds hold the class counts of scikit-learn's StratifiedKFold, fold by fold, when the classes come
+    in sorted order (ours deals them so; scikit-learn in order of first appearance, hence its labels sorted
+    here: its counts depend on nothing else). Which sample of a class goes where is our seeded shuffle."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y)
+    if min(np.bincount(y)[np.unique(y)]) < k:
+        return
+    ours = stratified_folds(y, k, seed)
+    assert sorted(np.concatenate(ours)) == list(range(len(y)))
+    ys = np.sort(y)
+    theirs = [test for _, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(ys, ys)]
+    classes = np.unique(y)
+    assert [[int((y[f] == c).sum()) for c in classes] for f in ours] == \
+        [[int((ys[f] == c).sum()) for c in classes] for f in theirs]
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_resnet_one_code_path(dims):
     torch.manual_seed(0)
@@ -79,6 +124,30 @@ def test_resnet_one_code_path(dims):
     n2 = sum(p.numel() for p in ResNet(ResNetConfig(2, 2)).parameters())
     n3 = sum(p.numel() for p in ResNet(ResNetConfig(3, 2)).parameters())
     assert n3 > n2  # same layout, 3-wide kernels in one more axis
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_resnet_is_monais_resnet_with_four_stages(dims):
+    """With four stages our ResNet is MONAI's (basic blocks, shortcut B, 3x3 stride-2 stem, max pool, global
+    average pooling, one logit): the same parameters in the same order, and equal logits with them copied."""
+    from monai.networks.nets import ResNet as MonaiResNet
+
+    torch.manual_seed(0)
+    ours = ResNet(ResNetConfig(dims, 2, widths=(8, 16, 32, 64), blocks=(1, 2, 1, 1))).eval()
+    theirs = MonaiResNet("basic", [1, 2, 1, 1], [8, 16, 32, 64], spatial_dims=dims, n_input_channels=2,
+                         conv1_t_size=3, conv1_t_stride=2, shortcut_type="B", num_classes=1,
+                         bias_downsample=False).eval()
+    src, dst = ours.state_dict(), theirs.state_dict()
+    assert [v.shape for v in src.values()] == [v.shape for v in dst.values()]
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # non-trivial batch-norm statistics, so the normalisation is really compared
+        for k, v in src.items():
+            if k.endswith(("running_mean", "running_var")):
+                v.uniform_(0.5, 1.5, generator=gen)
+    theirs.load_state_dict(dict(zip(dst, src.values(), strict=True)))
+    x = torch.rand(3, 2, *([40] * dims))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x)[:, 0], rtol=1e-5, atol=1e-6)
 
 
 def test_parse_input():

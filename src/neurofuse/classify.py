@@ -9,7 +9,7 @@ down in `docs/classification.md`:
   output of `neurofuse.fusion.fuse(t2, flair, method)`: per slice in 2D, per volume in 3D).
 - 2D uses the most tumour-bearing axial slices of each case (central slices without a segmentation);
   all slices of a patient stay in one fold and the patient's score is the mean slice probability.
-- Stratified patient-level k-fold cross-validation, repeated over seeds; AUC (Mann-Whitney), F1 and
+- Stratified patient-level k-fold cross-validation, repeated over seeds; AUC (scikit-learn), F1 and
   accuracy at probability 0.5 per test fold, reported as mean +- std over all folds of all repeats.
 """
 
@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from scipy.stats import rankdata
 from tqdm import tqdm
 
 from neurofuse.brats import (
@@ -35,6 +34,7 @@ from neurofuse.brats import (
     select_slices,
 )
 from neurofuse.errors import InputError, UsageError
+from neurofuse.evaluate import mean_std
 from neurofuse.fusion import fuse, fuse_axial, get_method
 from neurofuse.io import atomic_write_path, write_csv, write_text
 
@@ -89,6 +89,10 @@ class ResNetConfig:
 class ResNet(nn.Module):
     """Compact ResNet for 2D or 3D binary classification.
 
+    MONAI's `monai.networks.nets.ResNet(block="basic", shortcut_type="B", spatial_dims=...)` is the same
+    network (tested: equal logits with the weights copied) but has exactly four stages; this one takes
+    any number (three by default, the classifier of the published runs) and a dropout before the head.
+
     Args:
         cfg: see `ResNetConfig`. Input (N, in_channels, *S), S at least 2**(len(widths) + 1);
             output (N,) logits. Stem (stride-2 conv, stride-2 max pool) as in ResNet, then one stage
@@ -120,37 +124,25 @@ class ResNet(nn.Module):
 
 # ---------------------------------------------------------------------------------------- metrics
 def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """Area under the ROC curve via the Mann-Whitney U statistic (ties count one half)."""
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(s)  # average ranks for ties
-    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    """Area under the ROC curve (scikit-learn's `roc_auc_score`: ties count one half); NaN for one class."""
+    from sklearn.metrics import roc_auc_score
 
-
-def roc_auc_ref(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """Reference AUC: the share of (positive, negative) pairs ranked correctly, ties one half (O(n^2))."""
     y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    pos, neg = s[y], s[~y]
-    if pos.size == 0 or neg.size == 0:
+    if y.all() or not y.any():
         return float("nan")
-    wins = sum(float(p > q) + 0.5 * float(p == q) for p in pos for q in neg)
-    return wins / (pos.size * neg.size)
+    return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
 
 
 def roc_curve(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates at every distinct score threshold, from (0, 0) to (1, 1)."""
+    """False- and true-positive rates at every distinct score threshold, from (0, 0) to (1, 1)
+    (scikit-learn's `roc_curve` without dropping collinear points); both classes must be present."""
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
     y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-s, kind="stable")
-    y, s = y[order], s[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]  # last index of each distinct score
-    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
-    return np.r_[0.0, fp / max((~y).sum(), 1)], np.r_[0.0, tp / max(y.sum(), 1)]
+    if y.all() or not y.any():
+        raise InputError("ROC curve needs both classes among the labels")
+    fpr, tpr, _ = sk_roc_curve(y, np.asarray(scores, dtype=np.float64), drop_intermediate=False)
+    return fpr, tpr
 
 
 def f1_accuracy(labels: Sequence[int], scores: Sequence[float], threshold: float = 0.5) -> tuple[float, float]:
@@ -163,7 +155,13 @@ def f1_accuracy(labels: Sequence[int], scores: Sequence[float], threshold: float
 
 
 def stratified_folds(labels: Sequence[int], k: int, seed: int) -> list[np.ndarray]:
-    """Test-index arrays of `k` folds with each class spread evenly (shuffled with `seed`)."""
+    """Test-index arrays of `k` folds with each class spread evenly (shuffled with `seed`).
+
+    Each fold gets the class counts scikit-learn's `StratifiedKFold` gives it (the samples sorted by class,
+    dealt round-robin; tested, with the classes in sorted order where scikit-learn takes them in order of
+    first appearance); the samples within a class are shuffled by our own seeded permutation, so the fold
+    assignments of the published runs (docs/classification.md) stay as they were.
+    """
     y = np.asarray(labels)
     counts = {c: int((y == c).sum()) for c in np.unique(y)}
     if k < 2 or min(counts.values()) < k:
@@ -300,11 +298,11 @@ class VariantResult:
     oof: list[np.ndarray] = field(default_factory=list)  # one (n_cases,) score array per repeat
 
     def summary(self) -> dict[str, float]:
-        """Mean and std (population) of AUC, F1 and accuracy over all folds of all repeats."""
+        """Mean and sample std (`evaluate.mean_std`) of AUC, F1 and accuracy over all folds of all repeats."""
         out: dict[str, float] = {}
         for m in ("auc", "f1", "acc"):
-            vals = np.array([f[m] for f in self.fold_metrics], dtype=np.float64)
-            out[f"{m}_mean"], out[f"{m}_std"] = float(np.nanmean(vals)), float(np.nanstd(vals))
+            s = mean_std(f[m] for f in self.fold_metrics)
+            out[f"{m}_mean"], out[f"{m}_std"] = s.mean, s.std
         return out
 
 
