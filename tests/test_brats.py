@@ -128,6 +128,28 @@ def test_normalize_volume_brain_only():
     assert np.median(robust[2:6, 2:6, 2:6]) > 0.3 > np.median(out[2:6, 2:6, 2:6])
 
 
+def test_one_min_max_rule_for_constant_images():
+    """io.normalize01 is the one min-max (fusion inputs, training images, BraTS brains): a constant image is
+    an InputError naming it, wherever it comes from; the maximum maps to exactly 1."""
+    from neurofuse.data import HarvardPairs
+    from neurofuse.io import normalize01
+
+    with pytest.raises(InputError, match="x.png: image is constant"):
+        normalize01(np.full((4, 4), 7.0, np.float32), name="x.png")
+    vol = np.zeros((6, 6, 6), np.float32)
+    with pytest.raises(InputError, match="t2.nii.gz: no non-zero voxel"):
+        normalize_volume(vol, name="t2.nii.gz")
+    vol[1:4, 1:4, 1:4] = 5.0  # a brain of one value
+    with pytest.raises(InputError, match="t2.nii.gz: image is constant"):
+        normalize_volume(vol, name="t2.nii.gz")
+    x = np.random.default_rng(0).uniform(0.1, 7.3, (50, 50)).astype(np.float32)
+    assert normalize01(x).max() == 1.0 and normalize01(x).min() == 0.0
+    ds = HarvardPairs.__new__(HarvardPairs)  # the training dataset's per-item scaling, without files
+    ds.root, ds.ids, ds._a, ds._b = Path("h"), ["1"], [x], [np.full((50, 50), 3, np.uint8)]
+    with pytest.raises(InputError, match="image is constant"):
+        ds._arrays(0)
+
+
 def test_select_slices():
     seg = np.zeros((4, 4, 20), np.uint8)
     for k, area in {5: 1, 6: 4, 7: 9, 8: 16, 9: 2}.items():

@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from neurofuse.errors import InputError
-from neurofuse.io import Image, atomic_write_path, read_image
+from neurofuse.io import Image, atomic_write_path, normalize01, read_image
 
 MODALITIES = ("t1", "t1ce", "t2", "flair", "seg")
 GRADES = ("HGG", "LGG")
@@ -196,21 +196,19 @@ def resample_to_fit(vol: np.ndarray, size: int, order: int = 1) -> np.ndarray:
     return center_crop_pad(zoomed, size)
 
 
-def normalize_volume(vol: np.ndarray, clip_percentiles: tuple[float, float] | None = None) -> np.ndarray:
-    """Map the brain (non-zero voxels) of `vol` to [0, 1]; background stays 0.
+def normalize_volume(vol: np.ndarray, clip_percentiles: tuple[float, float] | None = None,
+                     name: str | Path | None = None) -> np.ndarray:
+    """Map the brain (non-zero voxels) of `vol` to [0, 1] with `io.normalize01`; background stays 0.
 
     With `clip_percentiles=(lo, hi)` the brain's lo/hi percentiles become 0 and 1 (robust to hot voxels);
-    without, its min and max do.
+    without, its min and max do. A volume without brain, or with a constant one, is an InputError naming
+    `name`, as every min-max in neurofuse treats a constant image.
     """
     mask = vol != 0
     if not mask.any():
-        return np.zeros_like(vol, dtype=np.float32)
-    vals = vol[mask]
-    lo, hi = (np.percentile(vals, clip_percentiles) if clip_percentiles else (vals.min(), vals.max()))
-    if hi <= lo:
-        return mask.astype(np.float32)
-    out = np.clip((vol - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-    out[~mask] = 0.0
+        raise InputError(f"{name or 'volume'}: no non-zero voxel (empty brain): cannot normalise")
+    out = np.zeros(vol.shape, dtype=np.float32)
+    out[mask] = normalize01(vol[mask], clip_percentiles, name=name)
     return out
 
 
@@ -257,7 +255,8 @@ def preprocess_case(case: BratsCase, cfg: PreprocessConfig) -> dict[str, np.ndar
             grid = center_crop_pad(cropped, cfg.size)
         else:
             grid = resample_to_fit(cropped, cfg.size, order=0 if name == "seg" else 1)
-        out[name] = grid.astype(np.uint8) if name == "seg" else normalize_volume(grid, cfg.clip_percentiles)
+        out[name] = (grid.astype(np.uint8) if name == "seg"
+                     else normalize_volume(grid, cfg.clip_percentiles, name=case.path(name)))
     return out
 
 

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from neurofuse.brats import PreprocessConfig, discover, preprocess_case
 from neurofuse.errors import InputError
-from neurofuse.io import read_luma
+from neurofuse.io import normalize01, read_luma
 from neurofuse.layouts import find_pairs, select_split
 
 SPLITS = ("train", "val", "test", "all")
@@ -30,15 +30,6 @@ SPLITS = ("train", "val", "test", "all")
 def _read_luma(path: Path) -> np.ndarray:
     """Gray value of a 2D image in native units; the Y channel (full-range BT.601, as PIL) of colour."""
     return np.asarray(read_luma(path), dtype=np.float32)
-
-
-def minmax01(x: np.ndarray) -> np.ndarray:
-    """Per-image min-max scaling to [0, 1] (the release's normalisation); constant images give zeros."""
-    x = x.astype(np.float32)
-    lo, hi = float(x.min()), float(x.max())
-    if hi <= lo:
-        return np.zeros_like(x)
-    return (x - lo) / (hi - lo)
 
 
 def _rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -163,7 +154,8 @@ class HarvardPairs(_PairDataset):
             self._b.append(b)
 
     def _arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return minmax01(self._a[index]), minmax01(self._b[index])
+        where = f"{self.root} pair {self.ids[index]}"  # (read_image already refuses constant files)
+        return normalize01(self._a[index], name=where), normalize01(self._b[index], name=where)
 
 
 def _compact(x: np.ndarray) -> np.ndarray:

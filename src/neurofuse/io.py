@@ -133,7 +133,10 @@ def normalize01(
 ) -> np.ndarray:
     """Per-image min-max to [0, 1] (float32), optionally after clipping to percentiles (lo, hi).
 
-    Computed in float64 (values beyond float32's range do not overflow); `name` names the image in errors.
+    The one min-max of neurofuse: fusion inputs, training images (`data`) and BraTS brains
+    (`brats.normalize_volume`) all go through it, so a constant image is treated one way everywhere: an
+    InputError naming it. The maximum maps to exactly 1. Large ranges are computed in float64 (values
+    beyond float32's range do not overflow); `name` names the image in errors.
     """
     check_clip(clip_percentiles)
     where = f"{name}: " if name is not None else ""
@@ -154,7 +157,7 @@ def normalize01(
     small = max(abs(lo), abs(hi)) < 1e37
     if (a.dtype == np.float32 and small) or (a.dtype.kind in "uib" and a.dtype.itemsize <= 2):  # half the memory
         np.subtract(a, np.float32(lo), out=out, dtype=np.float32)
-        np.multiply(out, np.float32(1.0 / (hi - lo)), out=out)
+        np.divide(out, np.float32(hi - lo), out=out)  # (not times 1 / range: the maximum maps to exactly 1)
     else:  # float64, halved so that a range near float64's limits does not overflow
         out[...] = (a.astype(np.float64) * 0.5 - lo * 0.5) / (hi * 0.5 - lo * 0.5)
     if clip_percentiles is not None:
@@ -262,15 +265,15 @@ def _squeeze_volume(arr: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _read_nifti(path: Path) -> Image:
+    """The stored values with the header's scl_slope/scl_inter applied, once: by nibabel's array proxy
+    (`np.asarray(img.dataobj)`, which leaves unscaled integers in their own type), after which
+    `img.header.get_slope_inter()` is (None, None)."""
     try:
         img = nib.load(str(path))
         arr = np.asarray(img.dataobj)
     except Exception as exc:  # nibabel/gzip/zlib raise many types for truncated files
         raise InputError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc})") from None
     arr = _squeeze_volume(arr, path)
-    slope, inter = img.header.get_slope_inter()
-    if slope not in (None, 1.0) or inter not in (None, 0.0):
-        arr = arr * (1.0 if slope is None else slope) + (0.0 if inter is None else inter)
     return Image(
         arr, path, "nifti", affine=img.affine.copy(), header=img.header.copy(), bit_depth=arr.dtype.itemsize * 8
     )

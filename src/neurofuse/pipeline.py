@@ -295,7 +295,8 @@ def fuse_brats_case(case, targets: dict[int, Path], method: str, clip_percentile
     flair, _ = load_volume(case.path("flair"))
     if t2.shape != flair.shape:
         raise UsageError(f"{case.path('flair')}: shape {flair.shape} differs from T2 {t2.shape}")
-    a, b = normalize_volume(t2, clip_percentiles), normalize_volume(flair, clip_percentiles)
+    a = normalize_volume(t2, clip_percentiles, name=case.path("t2"))
+    b = normalize_volume(flair, clip_percentiles, name=case.path("flair"))
     for d, path in targets.items():
         if d == 2:
             opts2 = learned_options(method, (case.path("t2"),), pair, method_options)

@@ -200,6 +200,21 @@ def test_dicom_folder_with_two_series_is_refused(tmp_path):
         read_image(tmp_path / "mixed")
 
 
+def test_nifti_slope_and_intercept_applied_once(tmp_path):
+    """scl_slope 2, scl_inter 5 on int16 storage: the volume reads as 2 x stored + 5, not scaled twice."""
+    raw = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    img = nib.Nifti1Image(raw, np.eye(4))
+    img.header.set_data_dtype(np.int16)
+    img.header.set_slope_inter(2.0, 5.0)
+    nib.save(img, str(tmp_path / "scaled.nii.gz"))
+    stored = nib.load(str(tmp_path / "scaled.nii.gz"))
+    assert (stored.dataobj.slope, stored.dataobj.inter) == (2.0, 5.0)  # the file really carries the scaling
+    np.testing.assert_array_equal(stored.dataobj.get_unscaled(), raw)
+    vol = read_image(tmp_path / "scaled.nii.gz")
+    np.testing.assert_array_equal(vol.array, 2.0 * raw + 5.0)
+    np.testing.assert_array_equal(vol.array, stored.get_fdata())
+
+
 def test_4d_volume_refused_and_trailing_singleton_accepted(tmp_path, rng):
     nib.save(nib.Nifti1Image(rng.random((4, 5, 6, 2)).astype(np.float32), np.eye(4)), str(tmp_path / "v4.nii"))
     with pytest.raises(InputError, match="4D"):

@@ -10,6 +10,7 @@ import pytest
 import tifffile
 
 from neurofuse.errors import InputError, UsageError
+from neurofuse.evaluate import load01
 from neurofuse.io import (
     atomic_write_path,
     claim_output,
@@ -72,6 +73,7 @@ def test_float_tiffs_by_full_scale(tmp_path):
     img = read_image(tmp_path / "u.tif")
     assert img.full_scale == 1.0 and img.array.dtype == np.float32
     np.testing.assert_allclose(unit_luma(img), unit)  # not divided by 2^32 - 1
+    assert load01(tmp_path / "u.tif").max() == 1.0  # as evaluate reads it (bug: 2.3e-10)
     hu = np.linspace(-1000, 3000, 64).reshape(8, 8)
     tifffile.imwrite(tmp_path / "hu.tif", hu)
     img = read_image(tmp_path / "hu.tif")
