@@ -228,8 +228,8 @@ def merge_benchmarks(shard_dirs: list[Path], out: Path) -> list[MethodResult]:
         mine = sorted((r for r in rows if r["method"] == res.name), key=lambda r: natural_key(r["id"]))
         for p in ([] if res.skipped else presets):
             prow = [r for r in mine if r["preset"] == p]
-            res.metrics[p] = [{"id": r["id"], **{k: float(v) for k, v in r.items()
-                                                 if k not in ("method", "preset", "latency_ms", "id")}}
+            res.metrics[p] = [{"id": r["id"], **{k: float(v) for k, v in r.items()  # "": another preset's
+                                                 if k not in ("method", "preset", "latency_ms", "id") and v != ""}}
                               for r in prow]
             if p == presets[0]:
                 res.latencies = [float(r["latency_ms"]) / 1000.0 for r in prow]
