@@ -28,6 +28,7 @@ from neurofuse.evaluate import markdown_table
 from neurofuse.fusion import fuse, list_methods
 from neurofuse.io import write_csv, write_text
 from neurofuse.metrics import compute_metrics
+from neurofuse.metrics.presets import flag_marked, flag_notes
 
 METRICS = ("PSNR", "MS_SSIM", "EN", "EN_unique")
 
@@ -90,11 +91,12 @@ def main() -> None:
             cells = [f"{np.mean([r[k] for r in sel]):.4g}" for k in METRICS]
             table.append([m, *cells, f"{np.mean([r['seconds'] for r in sel]):.2f}"])
         lines += [f"## Preset `{preset}` (mean over cases)", ""]
-        lines += markdown_table(["method", *METRICS, "s/volume"], table) + [""]
+        lines += markdown_table(["method", *map(flag_marked, METRICS), "s/volume"], table) + [""]
     per_case = [[r["method"], r["case"], *(f"{r[k]:.4g}" for k in METRICS), f"{r['seconds']:.2f}"]
                 for r in rows if r["preset"] == "clinicalfmamba"]
     lines += ["## Per case, preset `clinicalfmamba`", ""]
-    lines += markdown_table(["method", "case", *METRICS, "s/volume"], per_case) + [""]
+    lines += markdown_table(["method", "case", *map(flag_marked, METRICS), "s/volume"], per_case) + [""]
+    lines += [*flag_notes(METRICS), ""]
     text = "\n".join(lines)
     print(text)
     if args.out is not None:

@@ -32,6 +32,7 @@ from neurofuse.fusion import fuse, get_method, list_methods
 from neurofuse.io import atomic_write_path, natural_key, read_image, write_csv, write_text
 from neurofuse.layouts import PairSet, find_pairs, select_split
 from neurofuse.metrics import compute_metrics, get_preset
+from neurofuse.metrics.presets import flag_marked, flag_notes, headline_order
 from neurofuse.pipeline import fusion_inputs, infer_pair, merge_colour
 from neurofuse.shards import Shard
 
@@ -261,12 +262,13 @@ def metrics_or_nan(a: np.ndarray, b: np.ndarray, f: np.ndarray, preset: str) -> 
 
 
 def metric_columns(results: list[MethodResult], preset: str) -> list[str]:
-    """Metric names in table order: the paper's five first, then the rest as computed."""
+    """Metric names in table order: the paper's five first, then the rest as computed, flagged ones
+    (EN_unique, not comparable between float and 8-bit outputs) last."""
     seen: list[str] = []
     for r in results:
         for row in r.metrics.get(preset, [])[:1]:
             seen += [k for k in row if k != "id" and k not in seen]
-    return [m for m in MAIN_METRICS if m in seen] + [m for m in seen if m not in MAIN_METRICS]
+    return headline_order([m for m in MAIN_METRICS if m in seen] + [m for m in seen if m not in MAIN_METRICS])
 
 
 def _stats(r: MethodResult, preset: str, metric: str) -> MeanStd:
@@ -316,7 +318,9 @@ def _write_markdown(path: Path, results, presets, data: Path, split: str, n: int
             params = "-" if r.params is None else f"{r.params:,}"
             rows.append([r.name, *cells, params, f"{lat:.2f}", f"{thr:.1f}"])
         lines += [f"## Preset `{p}` (mean ± std over pairs)", ""]
-        lines += markdown_table(["method", *cols, "params", "latency (ms)", "pairs/s"], rows) + [""]
+        lines += markdown_table(["method", *map(flag_marked, cols), "params", "latency (ms)", "pairs/s"], rows)
+        notes = flag_notes(cols)
+        lines += [""] + ([*notes, ""] if notes else [])
     skipped = [r for r in results if r.skipped]
     if skipped:
         lines += ["Skipped:", ""] + [f"- `{r.name}`: {r.skipped}" for r in skipped] + [""]

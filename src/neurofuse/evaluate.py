@@ -19,7 +19,7 @@ from tqdm import tqdm
 from neurofuse.errors import InputError
 from neurofuse.io import Image, check_geometry, normalize01, pair_files, read_image, unit_luma, write_csv, write_text
 from neurofuse.metrics import METRICS, compute_metrics, compute_metrics_image, get_preset, metric_conventions
-from neurofuse.metrics.presets import ALL_2D, ALL_3D, FLAGS
+from neurofuse.metrics.presets import ALL_2D, ALL_3D, FLAGS, flag_marked, flag_notes, headline_order
 
 
 def load01(path: str | Path | Image) -> np.ndarray:
@@ -68,14 +68,19 @@ def evaluate_triplet(
 
 def triplet_report(vals: dict[str, float], preset: str, as_json: bool = False) -> str:
     """One triplet's metrics as text lines (value, direction, convention) or JSON
-    `{"preset", "values", "better", "conventions"}`; flagged metrics (EN_unique) say why."""
+    `{"preset", "values", "better", "conventions", "flags"}`. Flagged metrics (EN_unique: not comparable
+    between float and 8-bit outputs) come last, marked with a dagger and explained ("flags" in JSON)."""
+    vals = {k: vals[k] for k in headline_order(vals)}
     conv = metric_conventions(list(vals), preset)
+    flags = {k: FLAGS[k] for k in vals if k in FLAGS}
     if as_json:
         better = {k: METRICS[k].direction for k in vals}
-        return json.dumps({"preset": preset, "values": vals, "better": better, "conventions": conv}, indent=2)
-    width = max(len(k) for k in vals)
-    lines = [f"{k:<{width}}  {v:12.4f}  ({METRICS[k].direction} is better)  {conv[k]}" for k, v in vals.items()]
-    return "\n".join([f"preset {preset}", *lines])
+        return json.dumps({"preset": preset, "values": vals, "better": better, "conventions": conv, "flags": flags},
+                          indent=2)
+    width = max(len(flag_marked(k)) for k in vals)
+    lines = [f"{flag_marked(k):<{width}}  {v:12.4f}  ({METRICS[k].direction} is better)  {conv[k]}"
+             for k, v in vals.items()]
+    return "\n".join([f"preset {preset}", *lines, *flag_notes(vals)])
 
 
 def find_triplets(dir_a: str | Path | None, dir_b: str | Path | None, dir_f: str | Path,
@@ -161,14 +166,15 @@ def summary_markdown(
     lines = [f"### {title}", ""] if title else []
     conv = metric_conventions([r["metric"] for r in table if r["metric"] in METRICS], preset) if preset else {}
     rows = []
-    for r in table:
-        name = r["metric"] + (" †" if r["metric"] in FLAGS else "")
+    order = headline_order(r["metric"] for r in table)
+    for r in sorted(table, key=lambda r: order.index(r["metric"])):
+        name = flag_marked(r["metric"])
         small = 0 < abs(r["mean"]) < 10.0**-digits * 100  # e.g. Nabf ~1e-7: scientific, not 0.0000
         fmt = f".{digits - 1}e" if small else f".{digits}f"
         row = [name, MeanStd(r["mean"], r["std"], r["n"], r.get("inf", 0)).cell(fmt), r["n"], r["better"]]
         rows.append(row + ([conv.get(r["metric"], "").split("; FLAG")[0]] if preset else []))
     lines += markdown_table(["metric", "mean ± std", "n", "better"] + (["convention"] if preset else []), rows)
-    lines += [f"\n† {m}: {FLAGS[m]}" for m in FLAGS if any(r["metric"] == m for r in table)]
+    lines += ["\n" + note for note in flag_notes(r["metric"] for r in table)]
     return "\n".join(lines) + "\n"
 
 
@@ -196,7 +202,7 @@ def evaluate_dirs(
     rows, names = [], None
     for name, pa, pb, pf in tqdm(triplets, desc=f"evaluate ({preset})", disable=not progress, unit="img"):
         vals = evaluate_triplet(pa, pb, pf, metrics, preset, slicewise)
-        names = names or list(vals)
+        names = names or headline_order(vals)
         rows.append({"name": name, **vals})
     table = summarize(rows, names)
     files: list[Path] = []

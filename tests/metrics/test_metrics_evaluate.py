@@ -64,3 +64,25 @@ def test_cli_triplet_json_and_folders(folders, tmp_path):
     assert res.exit_code == 2 and "unknown metric" in res.output
     res = r.invoke(main, ["evaluate", "--a", str(folders["a"])])
     assert res.exit_code == 2
+
+
+def _evaluate_ok(*args: str) -> str:
+    res = CliRunner().invoke(main, ["evaluate", *args])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def test_en_unique_is_flagged_and_last(folders, tmp_path):
+    """EN_unique (not comparable between float and 8-bit outputs) is never a headline: last, daggered, explained."""
+    triplet = [str(folders[k] / "1.png") for k in "abf"]
+    out = json.loads(_evaluate_ok(*triplet, "--json", "--metrics", "EN_unique,PSNR,EN"))
+    assert list(out["values"]) == ["PSNR", "EN", "EN_unique"]
+    assert list(out["flags"]) == ["EN_unique"] and "not comparable" in out["flags"]["EN_unique"]
+    lines = _evaluate_ok(*triplet, "--metrics", "EN_unique,PSNR").splitlines()
+    assert lines[1].startswith("PSNR ") and lines[2].startswith("EN_unique † ")
+    assert lines[3].startswith("† EN_unique: entropy over distinct float values")
+    dirs = [x for k in "abf" for x in (f"--{'fused' if k == 'f' else k}", str(folders[k]))]
+    _evaluate_ok(*dirs, "--metrics", "EN_unique,PSNR", "-o", str(tmp_path / "r.csv"), "--no-progress")
+    assert (tmp_path / "r.csv").read_text(encoding="utf-8").splitlines()[0] == "name,PSNR,EN_unique"
+    rows = [ln for ln in (tmp_path / "r_summary.md").read_text(encoding="utf-8").splitlines() if ln.startswith("| ")]
+    assert rows[-2].startswith("| PSNR |") and rows[-1].startswith("| EN_unique † |")

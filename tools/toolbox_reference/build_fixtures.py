@@ -1,6 +1,7 @@
 """Turn the toolbox runs' .tsv outputs into tests/metrics/fixtures/toolbox_values.json (numbers + provenance).
 
-python tools/toolbox_reference/build_fixtures.py OUT_DIR   (OUT_DIR holds vifb.tsv, tang.tsv, cddfuse.tsv)
+python tools/toolbox_reference/build_fixtures.py OUT_DIR
+(OUT_DIR holds vifb.tsv, tang.tsv, tang_fmi_edge.tsv, tang_ssim_fmiw.tsv, cddfuse.tsv)
 See tools/toolbox_reference/README.md for how the .tsv files were produced.
 """
 
@@ -26,11 +27,15 @@ PROVENANCE = {
     "tang": {
         "repository": "https://github.com/Linfeng-Tang/Evaluation-for-Image-Fusion",
         "commit": "0e87153be77320e31ef2cabb5820518d2ac56bac",
-        "run": "GNU Octave 7.3.0 (Debian 12), image 2.14.0, signal 1.4.3; Evaluation/*.m unchanged",
+        "run": "GNU Octave 7.3.0 (Debian 12), image 2.14.0, signal 1.4.3; Evaluation/*.m unchanged; MATLAB's "
+        "ssim (Image Processing Toolbox) and the Wavelet Toolbox's dwt2, absent from Octave, supplied by shims of "
+        "ours written from their documentation (tools/toolbox_reference/shims/ssim.m, dwt2.m with PyWavelets' "
+        "dmey filters)",
         "call": "as Evaluation_for_Single_Algorithm.m: imread, rgb2gray if 3 channels, "
         "analysis_Reference(fused, img1 = A (MRI), img2 = B, easy = 1); the easy = 0 calls made one by one "
-        "(MATLAB's ssim and the Wavelet Toolbox dwt2 are not in Octave, so SSIM and FMI_w are not reproduced); "
-        "analysis_fmi on the central 48x48 crop (its Octave loop takes ~9 min per 256x256 call), the edge "
+        "(SSIM and FMI_w by run_tang_ssim_fmiw.m with the ssim / dwt2 shims: SSIM thus checks Tang's convention "
+        "and our shim of MATLAB's ssim, not MathWorks' code); analysis_fmi (FMI_w included) on the central 48x48 "
+        "crop (its Octave loop takes ~9 min per 256x256 call), the edge "
         "feature (run_tang_fmi_edge.m) with inputs / 256 (Octave's edge rejects doubles outside [0, 1]; a "
         "power-of-two scale is exact, so the edge maps, ties in the thinning included, are the 0-255 ones); "
         "Nabf_petrovic from a copy of analysis_nabf.m whose first line also returns NABF1 (computed, not "
@@ -60,6 +65,7 @@ MAP = {
         "CC": "CC", "SCD": "SCD", "Qabf": "Qabf", "Nabf_asrun": "Nabf_tang_asrun", "Nabf_kumar": "Nabf_kumar",
         "Nabf_petrovic": "Nabf", "MS_SSIM": "MS_SSIM_mef", "FMI_edge_crop48": "FMI_edge_octave",
         "FMI_dct_crop48": "FMI_dct", "FMI_none_crop48": "FMI_pixel", "FMI_gradient_crop48": "FMI_gradient",
+        "SSIM": "SSIM", "FMI_w_crop48": "FMI_wavelet",
     },
     "cddfuse": {f"Evaluator.{k}": k for k in ("EN", "SD", "SF", "AG", "MI", "SCD", "Qabf", "SSIM", "CC", "PSNR",
                                                "MSE")}
@@ -74,6 +80,8 @@ TANG_FUNCS = {
     "MS_SSIM": "analysis_ms_ssim(imgSeq, fused)", "FMI_edge_crop48": "analysis_fmi(A, B, F) (default 'edge')",
     "FMI_dct_crop48": "analysis_fmi(A, B, F, 'dct')", "FMI_none_crop48": "analysis_fmi(A, B, F, 'none')",
     "FMI_gradient_crop48": "analysis_fmi(A, B, F, 'gradient')",
+    "SSIM": "0.5 ssim(F, A) + 0.5 ssim(F, B) (analysis_Reference; ssim: shims/ssim.m)",
+    "FMI_w_crop48": "analysis_fmi(A, B, F, 'wavelet') (dwt2: shims/dwt2.m)",
 }
 
 
@@ -85,6 +93,9 @@ def main() -> None:
         lines = main_tsv.read_text().splitlines() if main_tsv.exists() else []
         if edge_tsv.exists():  # Tang's edge FMI rerun on images / 256 replaces the / 255 values
             lines = [ln for ln in lines if "\tFMI_edge_crop48\t" not in ln] + edge_tsv.read_text().splitlines()
+        shim_tsv = src / f"{tb}_ssim_fmiw.tsv"
+        if shim_tsv.exists():  # Tang's SSIM and FMI_w, run with the ssim / dwt2 shims
+            lines += shim_tsv.read_text().splitlines()
         for line in lines:
             cols = line.split("\t")
             if len(cols) < (6 if tb == "vifb" else 4):

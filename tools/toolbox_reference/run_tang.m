@@ -9,14 +9,9 @@ addpath('/tmp/toolboxes/modified');
 run('/tmp/toolboxes/run/triplets.m');
 fid = fopen('/tmp/toolboxes/out/tang.tsv', 'w');
 for t = 1:size(T,1)
-  id = [T{t,1} '_F_' T{t,2}];
-  ir_image = imread([D T{t,1} '_A.png']); vi_image = imread([D T{t,1} '_B.png']); fused_image = imread([D id '.png']);
-  if size(ir_image, 3)>2, ir_image = rgb2gray(ir_image); end
-  if size(vi_image, 3)>2, vi_image = rgb2gray(vi_image); end
-  if size(fused_image, 3)>2, fused_image = rgb2gray(fused_image); end
+  [id, ir_image, vi_image, fused_image, img1_float, img2_float, img_f_float] = tang_read(D, T, t);
   [EN, SF,SD,PSNR,MSE, MI, VIF, AG, CC, SCD, Qabf] = analysis_Reference(fused_image,ir_image,vi_image, 1);
   vals = {'EN',EN;'SF',SF;'SD',SD;'PSNR',PSNR;'MSE',MSE;'MI',MI;'VIF',VIF;'AG',AG;'CC',CC;'SCD',SCD;'Qabf',Qabf};
-  img1_float = im2double(ir_image) * 255.0; img2_float = im2double(vi_image) * 255.0; img_f_float = im2double(fused_image) * 255.0;
   [s1,s2] = size(ir_image); imgSeq = zeros(s1, s2, 2); imgSeq(:, :, 1) = img1_float; imgSeq(:, :, 2) = img2_float;
   vals(end+1,:) = {'Nabf_asrun', analysis_nabf(img1_float, img2_float, img_f_float)};
   [nk, np, qk, lk] = analysis_nabf_all(img_f_float, img1_float, img2_float);
@@ -30,9 +25,6 @@ for t = 1:size(T,1)
   vals(end+1,:) = {'FMI_dct_crop48', analysis_fmi(img1_float(r,r), img2_float(r,r), img_f_float(r,r), 'dct')};
   vals(end+1,:) = {'FMI_none_crop48', analysis_fmi(img1_float(r,r), img2_float(r,r), img_f_float(r,r), 'none')};
   vals(end+1,:) = {'FMI_gradient_crop48', analysis_fmi(img1_float(r,r), img2_float(r,r), img_f_float(r,r), 'gradient')};
-  for k = 1:size(vals,1)
-    fprintf(fid, 'tang\t%s\t%s\t%.17g\n', id, vals{k,1}, vals{k,2});
-    printf('%s %s %.10g\n', id, vals{k,1}, vals{k,2}); fflush(stdout);
-  end
+  tang_write(fid, id, vals);
 end
 fclose(fid);

@@ -62,6 +62,24 @@ ALL_3D = ("PSNR", "SSIM", "MS_SSIM", "EN", "MI", "NMI", "CC", "SCD", "SD", "SF",
 FLAGS = {
     "EN_unique": "entropy over distinct float values: not comparable between float and 8-bit outputs",
 }
+FLAG_MARK = " †"
+
+
+def flag_marked(metric: str) -> str:
+    """The metric's name as tables print it: flagged ones (FLAGS) carry a dagger."""
+    return metric + FLAG_MARK if metric in FLAGS else metric
+
+
+def headline_order(metrics) -> list[str]:
+    """Metric names with the flagged ones moved to the end: they are never headline columns."""
+    metrics = list(metrics)
+    return [m for m in metrics if m not in FLAGS] + [m for m in metrics if m in FLAGS]
+
+
+def flag_notes(metrics) -> list[str]:
+    """The footnotes under a table for the flagged metrics in it (`† EN_unique: ...`)."""
+    names = set(metrics)
+    return [f"† {m}: {FLAGS[m]}" for m in FLAGS if m in names]
 
 
 def _c(note: str = "", scale: float = 255.0, quantize: bool = True, **options) -> Convention:
@@ -122,6 +140,9 @@ _TANG = {
     "Nabf_tang_asrun": _c("analysis_nabf as analysis_Reference calls it"),
     "FMI_edge": _c("analysis_fmi default feature (the toolbox's FMI_pixel column)"),
     "FMI_dct": _c("analysis_fmi(..., 'dct')"),
+    "FMI_wavelet": _c("analysis_fmi(..., 'wavelet') (the toolbox's FMI_w column: Wavelet Toolbox dwt2 'dmey')"),
+    "SSIM": _c("0.5 ssim(F, A) + 0.5 ssim(F, B), MATLAB's ssim on 0-255 doubles (its default range 1 for doubles)",
+               data_range=1.0, how="mean", variant="matlab"),
     "MS_SSIM_mef": _c("analysis_ms_ssim (the toolbox's MS_SSIM column)"),
 }
 

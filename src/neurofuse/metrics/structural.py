@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
@@ -76,6 +78,29 @@ def ms_ssim_pair(x: np.ndarray, y: np.ndarray, data_range: float, win: int = 11,
     return float(np.prod(np.asarray(vals) ** w))
 
 
+def ssim_matlab(x: np.ndarray, y: np.ndarray, data_range: float = 1.0, sigma: float = 1.5) -> float:
+    """MATLAB's `ssim(A, ref)` with its defaults (Image Processing Toolbox): Gaussian weights of standard
+    deviation `sigma` on a 2 ceil(3 sigma) + 1 window, replicated borders, C1 = (0.01 L)^2, C2 = (0.03 L)^2,
+    C3 = C2 / 2 (Wang's eq. 13), the mean of the map over every pixel. L is the class's range: 1 for
+    doubles, whatever their values (Tang's toolbox calls it on 0-255 doubles, so C1 and C2 are ~0)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    radius = math.ceil(3 * sigma)
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-(t * t) / (2 * sigma * sigma))
+    g /= g.sum()
+
+    def filt(z):
+        for ax in range(z.ndim):
+            z = ndimage.correlate1d(z, g, axis=ax, mode="nearest")
+        return z
+
+    mx, my = filt(x), filt(y)
+    sx2, sy2, sxy = filt(x * x) - mx * mx, filt(y * y) - my * my, filt(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    return float(np.mean(((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sx2 + sy2 + c2))))
+
+
 @register_metric(
     "SSIM",
     "Gaussian SSIM (11x11, sigma 1.5, K1 0.01, K2 0.03) of F with each source, summed or averaged",
@@ -90,7 +115,8 @@ def ssim(
     variant 'gaussian': Wang's Gaussian SSIM, mean over the valid region (= VIFB's metricsSsim.m);
     'skimage_default': scikit-image's structural_similarity with its defaults (7x7 uniform window,
     sample covariance), as CDDFuse's Evaluator.SSIM calls it (data_range 2: the float default of
-    scikit-image 0.19).
+    scikit-image 0.19); 'matlab': MATLAB's ssim(F, S) with its defaults (`ssim_matlab`, replicated
+    borders, mean over every pixel), as Tang's analysis_Reference calls it (data_range 1 on 0-255 values).
     """
     if variant == "gaussian":
         return combine(
@@ -105,7 +131,9 @@ def ssim(
             float(structural_similarity(f, np.asarray(b, dtype=np.float64), data_range=data_range)),
             how,
         )
-    raise UsageError(f"SSIM variant must be 'gaussian' or 'skimage_default', got {variant!r}")
+    if variant == "matlab":
+        return combine(ssim_matlab(f, a, data_range, sigma), ssim_matlab(f, b, data_range, sigma), how)
+    raise UsageError(f"SSIM variant must be 'gaussian', 'skimage_default' or 'matlab', got {variant!r}")
 
 
 @register_metric(

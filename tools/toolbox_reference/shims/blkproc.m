@@ -5,7 +5,9 @@ function out = blkproc(a, blk, border, fun)
   if any(border ~= 0), error('blkproc shim: border must be [0 0]'); end
   [m, n] = size(a);
   mb = ceil(m / blk(1)); nb = ceil(n / blk(2));
-  a(mb*blk(1), nb*blk(2)) = 0;
+  if mb*blk(1) > m || nb*blk(2) > n
+    a(mb*blk(1), nb*blk(2)) = 0;  % grow with zeros (an exact fit is left as it is)
+  end
   out = [];
   for i = 1:mb
     row = [];
