@@ -130,6 +130,13 @@ def test_resume_refuses_changed_config(pairs, tmp_path):
         train(_cfg(pairs, tmp_path / "none", resume=True), model=_seeded())
 
 
+def test_resume_accepts_the_same_data_folder_spelled_differently(pairs, tmp_path):
+    train(_cfg(pairs, tmp_path / "r", max_steps=1, precision="fp32"), model=_seeded())
+    spelled = os.path.relpath(pairs) + "/"
+    res = train(_cfg(spelled, tmp_path / "r", max_steps=2, resume=True, precision="fp32"), model=_seeded())
+    assert res.step == 2
+
+
 def test_stages(pairs, tmp_path):
     with pytest.raises(UsageError, match="--stage"):
         train(_cfg(pairs, tmp_path / "s0"), model=_seeded(TwoStage))

@@ -463,10 +463,19 @@ def _apply_stage(model: nn.Module, cfg: TrainConfig) -> list[str]:
     return stages
 
 
+_PATH_KEYS = ("data", "init", "continue_from")  # one folder, however spelled (relative, absolute)
+
+
+def _same_setting(key: str, a: Any, b: Any) -> bool:
+    if key in _PATH_KEYS and isinstance(a, str) and isinstance(b, str) and a != b:
+        return Path(a).resolve() == Path(b).resolve()
+    return a == b
+
+
 def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     now = cfg.to_dict()
     for key, value in saved.items():
-        if key not in _RESUME_FREE and key in now and now[key] != value:
+        if key not in _RESUME_FREE and key in now and not _same_setting(key, now[key], value):
             raise UsageError(f"{path}: cannot resume with {key}={now[key]!r}, the run used {value!r}")
 
 
