@@ -137,6 +137,16 @@ def test_resume_accepts_the_same_data_folder_spelled_differently(pairs, tmp_path
     assert res.step == 2
 
 
+def test_resume_with_an_incompatible_optimiser_state_says_what_to_do(pairs, tmp_path):
+    train(_cfg(pairs, tmp_path / "r", max_steps=1, precision="fp32"), model=_seeded())
+    state_path = tmp_path / "r" / "last_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1] * 3  # another optimiser's layout
+    torch.save(state, state_path)
+    with pytest.raises(UsageError, match="continue-from"):
+        train(_cfg(pairs, tmp_path / "r", max_steps=2, resume=True, precision="fp32"), model=_seeded())
+
+
 def test_stages(pairs, tmp_path):
     with pytest.raises(UsageError, match="--stage"):
         train(_cfg(pairs, tmp_path / "s0"), model=_seeded(TwoStage))

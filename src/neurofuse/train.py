@@ -615,7 +615,11 @@ class Trainer:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         _check_resume_config(state["config"], self.cfg, state_path)
         load_weights(self.model, self.out / "last.safetensors")
-        self.opt.load_state_dict(state["optimizer"])
+        try:
+            self.opt.load_state_dict(state["optimizer"])
+        except ValueError as err:  # e.g. saved before the weight-decay parameter groups
+            raise UsageError(f"{state_path}: the optimiser state does not fit this version's optimiser ({err}); "
+                             "continue from the run's weights instead: --continue-from DIR") from None
         self.step, self.seconds, self.best = state["step"], state["seconds"], state["best_val_loss"]
         self.seen = {k: int(state.get("seen", {}).get(k, 0)) for k in self.seen}
         if self.ema is not None:
