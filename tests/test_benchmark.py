@@ -14,6 +14,7 @@ from PIL import Image
 from neurofuse.benchmark import write_grid
 from neurofuse.cli import main
 from neurofuse.data import harvard_split
+from neurofuse.errors import UsageError
 from neurofuse.evaluate import mean_std, summarize, summary_markdown
 
 IDS = ["4007", "4008", "4009"]
@@ -142,6 +143,13 @@ def test_write_grid_layout(tmp_path):
     img = np.asarray(Image.open(tmp_path / "g.png"))
     assert img.shape == (5 + 3 * 10 + 2 * 2, 2 * 12 + 2, 3)
     assert img[5:15, 14:26].min() == 255 and img[5:15, :12].max() == 0
+    write_grid(tmp_path / "r.png", ["a", "b"], cells, header=5, pad=2, row_labels=["one\nrow", "2", "3"])
+    img = np.asarray(Image.open(tmp_path / "r.png"))
+    left = 6 * 3 + 4 + 2  # the longest label line, 6 px a character, and a gap
+    assert img.shape == (5 + 3 * 10 + 2 * 2, left + 2 * 12 + 2, 3)
+    assert img[5:15, left:left + 12].max() == 0 and img[5:15, :left].min() < 255  # cell black, label drawn
+    with pytest.raises(UsageError, match="row labels"):
+        write_grid(tmp_path / "x.png", ["a", "b"], cells, row_labels=["1"])
 
 
 def test_undefined_metric_becomes_nan_not_a_crash(rng):

@@ -330,16 +330,27 @@ def _write_markdown(path: Path, results, presets, data: Path, split: str, n: int
     write_text(path, "\n".join(lines) + "\n")
 
 
-def write_grid(path: Path, titles: list[str], columns: list[list[np.ndarray]], header: int = 18, pad: int = 4) -> None:
-    """A PNG grid: one column per title, one row per pair; gray or RGB cells in [0, 1] of one size."""
+def write_grid(path: Path, titles: list[str], columns: list[list[np.ndarray]], header: int = 18, pad: int = 4,
+               row_labels: list[str] | None = None) -> None:
+    """A PNG grid: one column per title, one row per pair; gray or RGB cells in [0, 1] of one size.
+
+    `row_labels` (one per row, may hold a line break) are written in a margin left of the first column.
+    """
     h, w = columns[0][0].shape[:2]
     rows = len(columns[0])
-    W = len(columns) * w + (len(columns) - 1) * pad
+    left = 0
+    if row_labels is not None:
+        if len(row_labels) != rows:
+            raise UsageError(f"write_grid: {len(row_labels)} row labels for {rows} rows")
+        left = 6 * max(len(line) for label in row_labels for line in label.splitlines() or [""]) + 4 + pad
+    W = left + len(columns) * w + (len(columns) - 1) * pad
     H = header + rows * h + (rows - 1) * pad
     canvas = PILImage.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(canvas)
+    for r, label in enumerate(row_labels or []):
+        draw.multiline_text((2, header + r * (h + pad) + 2), label, fill="black")
     for c, (title, cells) in enumerate(zip(titles, columns, strict=True)):
-        x = c * (w + pad)
+        x = left + c * (w + pad)
         draw.text((x + 2, 2), title[: max(4, w // 7)], fill="black")
         for r, cell in enumerate(cells):
             rgb = np.repeat(cell[..., None], 3, -1) if cell.ndim == 2 else cell

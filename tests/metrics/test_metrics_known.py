@@ -201,3 +201,24 @@ def test_compute_metrics_presets_and_dims():
         compute_metrics(a * 2, b, f)
     with pytest.raises(UsageError):
         compute_metrics(a, b, f, ["NOPE"])
+
+
+def test_per_slice_computes_a_3d_metric_over_the_slices_with_signal():
+    """`per_slice`: SSIM (which has a 3D form) as the mean over the axial slices holding signal, as 2D
+    tables report it; empty slices (background) are left out, 2D input ignores it, 3D needs `slicewise`."""
+    slices = [(_img((32, 32), seed=s) / 255, _img((32, 32), seed=s + 1) / 255) for s in (20, 22)]
+    empty = [np.zeros((32, 32))] * 6  # deep enough for the 11-voxel window of 3D SSIM
+    va = np.stack([*empty, slices[0][0], slices[1][0], *empty], axis=2)
+    vb = np.stack([*empty, slices[0][1], slices[1][1], *empty], axis=2)
+    vf = 0.5 * (va + vb)
+    for preset in ("standard", "clinicalfmamba"):
+        got = compute_metrics(va, vb, vf, ["SSIM", "Qabf"], preset, slicewise="axial", per_slice=("SSIM",))
+        want = [compute_metrics(x, y, 0.5 * (x + y), ["SSIM", "Qabf"], preset) for x, y in slices]
+        for name in ("SSIM", "Qabf"):
+            assert got[name] == pytest.approx(np.mean([w[name] for w in want]), rel=1e-12)
+        whole = compute_metrics(va, vb, vf, ["SSIM"], preset, slicewise="axial")["SSIM"]
+        assert np.isfinite(whole) and whole != pytest.approx(got["SSIM"])  # without per_slice: 3D SSIM
+    x, y = slices[0]
+    assert compute_metrics(x, y, x, ["SSIM"], per_slice=("SSIM",)) == compute_metrics(x, y, x, ["SSIM"])
+    with pytest.raises(UsageError, match="needs slicewise"):
+        compute_metrics(va, vb, vf, ["SSIM"], per_slice=("SSIM",))

@@ -49,12 +49,15 @@ def compute_metrics(
     metrics: Sequence[str] | None = None,
     preset: str = "standard",
     slicewise: str | None = None,
+    per_slice: Sequence[str] = (),
 ) -> dict[str, float]:
     """Metrics of fused F against sources A and B, all float arrays in [0, 1] of one 2D or 3D shape.
 
     metrics: names from `METRICS` (None: the preset's default list for the input's dimension).
     slicewise: for 3D input, compute 2D-only metrics as the mean over 'axial' (last axis), 'coronal'
     or 'sagittal' (first axis) slices; without it a 2D-only metric on a volume is a UsageError.
+    per_slice: metrics that, on 3D input, are computed slice-wise too although they have a 3D form
+    (e.g. SSIM per axial slice, as 2D tables report it); needs `slicewise`. 2D input ignores it.
     """
     a, b, f = (np.asarray(x) for x in (a, b, f))
     check_triplet(a, b, f)
@@ -65,6 +68,8 @@ def compute_metrics(
     names = list(metrics) if metrics is not None else list(p.default_2d if a.ndim == 2 else p.default_3d)
     if slicewise is not None and slicewise not in SLICE_AXES:
         raise UsageError(f"slicewise must be one of {', '.join(SLICE_AXES)}, got {slicewise!r}")
+    if a.ndim == 3 and per_slice and slicewise is None:
+        raise UsageError(f"per_slice {', '.join(per_slice)} needs slicewise='axial', 'coronal' or 'sagittal'")
     cache: dict[tuple[float, bool], tuple[np.ndarray, ...]] = {}
     out: dict[str, float] = {}
     for name in names:
@@ -75,7 +80,7 @@ def compute_metrics(
             cache[key] = tuple(_prepare(np.clip(x, 0.0, 1.0), conv) for x in (a, b, f))
         xa, xb, xf = cache[key]
         opts = dict(conv.options)
-        if a.ndim in spec.spatial_dims:
+        if a.ndim in spec.spatial_dims and not (a.ndim == 3 and name in per_slice):
             out[name] = float(spec.fn(xa, xb, xf, **opts))
         elif a.ndim == 3 and slicewise is not None:
             out[name] = _slicewise(spec, xa, xb, xf, SLICE_AXES[slicewise], opts)
