@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -269,3 +270,32 @@ def test_non_finite_loss_stops(pairs, tmp_path):
 
     with pytest.raises(NeurofuseError, match="training loss is nan at step 1"):
         train(_cfg(pairs, tmp_path / "nan", precision="fp32"), model=_seeded(Exploding))
+
+
+def test_one_group_optimiser_state_is_regrouped_exactly():
+    """A state saved by Adam(model.parameters()) continues under the weight-decay groups as if never saved."""
+    from neurofuse.models.optim import param_groups
+    from neurofuse.train import _regroup
+
+    def step(model, opt, seed):
+        g = torch.Generator().manual_seed(seed)
+        a, b = torch.rand(2, 1, 16, 16, generator=g), torch.rand(2, 1, 16, 16, generator=g)
+        torch.manual_seed(seed)  # the same dropout masks in both models
+        opt.zero_grad()
+        model.training_loss(a, b)[0].backward()
+        opt.step()
+
+    old = _seeded()
+    opt_old = torch.optim.Adam(old.parameters(), lr=1e-2)
+    for s in range(3):
+        step(old, opt_old, s)
+    new = _seeded()
+    new.load_state_dict(old.state_dict())
+    opt_new = torch.optim.Adam(param_groups(new, 0.0), lr=1e-2)
+    opt_new.load_state_dict(_regroup(copy.deepcopy(opt_old.state_dict()), opt_new, new))  # as read from disk
+    step(old, opt_old, 9)
+    step(new, opt_new, 9)
+    for p, q in zip(old.parameters(), new.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    decayed = torch.optim.Adam(param_groups(new, 0.1), lr=1e-2)
+    assert len(_regroup(opt_old.state_dict(), decayed, new)["param_groups"]) == 1  # settings differ: left alone

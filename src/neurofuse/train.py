@@ -472,6 +472,31 @@ def _same_setting(key: str, a: Any, b: Any) -> bool:
     return a == b
 
 
+def _regroup(saved: dict[str, Any], opt: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
+    """An optimiser state saved with one group over `model.parameters()` (before the weight-decay groups)
+    laid out for `opt`'s groups, when every group's settings agree (else unchanged: loading then refuses)."""
+    groups = saved["param_groups"]
+    if len(groups) != 1 or len(opt.param_groups) == 1:
+        return saved
+    order = {id(p): i for i, p in enumerate(model.parameters())}
+    keys = ("betas", "eps", "weight_decay", "amsgrad", "maximize")  # lr is set by the schedule every step
+    if len(order) != len(groups[0]["params"]) or any(g.get(k) != groups[0][k] for g in opt.param_groups for k in keys):
+        return saved
+    new_groups, new_state, j = [], {}, 0
+    for g in opt.param_groups:
+        ids = []
+        for p in g["params"]:
+            old = saved["state"].get(groups[0]["params"][order[id(p)]])
+            if old is not None:
+                if old["exp_avg"].shape != p.shape:
+                    return saved
+                new_state[j] = old
+            ids.append(j)
+            j += 1
+        new_groups.append({**groups[0], "params": ids, **({"names": g["names"]} if "names" in g else {})})
+    return {"state": new_state, "param_groups": new_groups}
+
+
 def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     now = cfg.to_dict()
     for key, value in saved.items():
@@ -616,7 +641,7 @@ class Trainer:
         _check_resume_config(state["config"], self.cfg, state_path)
         load_weights(self.model, self.out / "last.safetensors")
         try:
-            self.opt.load_state_dict(state["optimizer"])
+            self.opt.load_state_dict(_regroup(state["optimizer"], self.opt, self.model))
         except ValueError as err:  # e.g. saved before the weight-decay parameter groups
             raise UsageError(f"{state_path}: the optimiser state does not fit this version's optimiser ({err}); "
                              "continue from the run's weights instead: --continue-from DIR") from None
