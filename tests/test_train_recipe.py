@@ -112,12 +112,14 @@ def test_snapshot_continues_the_schedule_elsewhere(pairs, tmp_path):
     raw = read_snapshot(write_snapshot(first, tmp_path / "raw", raw=True))
     assert raw["weights_from"] == "last.safetensors"
     assert progress["step"] == 3 and progress["images"] == 6 and progress["config"]["ema"] == 0.9
+    assert progress["ema_n"] == 3
     # A new machine: no run folder, only the snapshot. The run continues at step 3 of the same schedule.
     again = train(_cfg(pairs, tmp_path / "second", ema=0.9, epochs=2, continue_from=str(snap / "progress.json")),
                   model=TinyFuse())
     assert again.step == 8
     done = json.loads((tmp_path / "second/progress.json").read_text(encoding="utf-8"))
     assert done["images"] == 16 and done["pixels"] == 16 * 16 * 16
+    assert done["ema_n"] == 8  # the EMA continued its count: 3 updates before, 5 after
     first_row = _log(tmp_path / "second")[0]
     assert int(first_row["step"]) > 3
 

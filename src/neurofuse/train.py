@@ -628,6 +628,8 @@ class Trainer:
         """Take a committed snapshot's schedule position (its weights are already loaded)."""
         self.step = int(snapshot["step"])
         self.seen = {k: int(snapshot.get(k, 0)) for k in self.seen}
+        if self.ema is not None:  # the EMA goes on with its horizon (a restarted warm-up would follow the raw weights)
+            self.ema.n_averaged.fill_(int(snapshot.get("ema_n", self.step)))
         if self.step >= self.total_steps:
             raise UsageError(f"{self.cfg.continue_from}: the snapshot is at step {self.step}, the schedule ends at "
                              f"{self.total_steps}; raise epochs to continue")
@@ -729,6 +731,7 @@ class Trainer:
         write_text(self.out / "progress.json", json.dumps(
             {"model": cfg.model, "model_args": cfg.model_args, "step": self.step, "total_steps": self.total_steps,
              "epoch": round(self.step / self.steps_per_epoch, 4), **self.seen,
+             "ema_n": 0 if self.ema is None else int(self.ema.n_averaged),
              "train_seconds": round(self.seconds, 1),
              "weights": "last_ema.safetensors" if self.ema is not None else "last.safetensors",
              "machine": machine_summary(self.device), "last_val": self.rows[-1] if self.rows else None,
