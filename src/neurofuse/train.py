@@ -56,7 +56,8 @@ from neurofuse.precision import PRECISIONS, cpu_info, resolve_precision
 
 # Settings that may change between a run and its resume without breaking exactness.
 _RESUME_FREE = {"resume", "out", "max_steps", "max_minutes", "threads", "num_workers", "val_limit", "val_metrics",
-                "validate_first", "val_every", "val_raw", "final_val_all"}
+                "validate_first", "val_every", "val_raw", "final_val_all",
+                "init", "continue_from"}  # starting points only: a resumed run takes its own last weights
 
 
 DATA_ENV = "NEUROFUSE_DATA"
@@ -463,7 +464,7 @@ def _apply_stage(model: nn.Module, cfg: TrainConfig) -> list[str]:
     return stages
 
 
-_PATH_KEYS = ("data", "init", "continue_from")  # one folder, however spelled (relative, absolute)
+_PATH_KEYS = ("data",)  # one folder, however spelled (relative, absolute)
 
 
 def _same_setting(key: str, a: Any, b: Any) -> bool:
