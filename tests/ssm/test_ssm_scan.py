@@ -7,6 +7,9 @@ summation order over L).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -199,3 +202,24 @@ def test_env_override_and_bad_names(monkeypatch):
     if "mamba_ssm" not in available_backends():
         with pytest.raises(ValueError, match="mamba-ssm"):
             scan.resolve_backend("mamba_ssm", torch.device("cpu"))
+
+
+
+def test_numba_scan_keeps_torchs_thread_count():
+    """In a fresh process limited to one thread (OMP_NUM_THREADS=1, as a user or a scheduler sets it),
+    loading and running the numba scan (forward and backward) leaves torch on one thread: numba's OpenMP
+    layer must not raise it to every core."""
+    code = """
+import torch
+from neurofuse.ssm import selective_scan
+torch.randn(256, 256) @ torch.randn(256, 256)  # torch's own thread pool is up before numba starts
+g = torch.Generator().manual_seed(0)
+u = torch.randn(1, 8, 32, generator=g, requires_grad=True)
+A, B, C = -torch.rand(8, 4, generator=g), torch.randn(1, 4, 32, generator=g), torch.randn(1, 4, 32, generator=g)
+selective_scan(u, torch.rand(1, 8, 32, generator=g), A, B, C, backend="numba").sum().backward()
+print(torch.get_num_threads())
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split()[-1] == "1", out.stdout

@@ -12,17 +12,39 @@ than u).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 CHECKPOINT_EVERY = 64
 _kernels = None
 
 
+@contextmanager
+def _torch_thread_count():
+    """Run the kernel on torch's thread count and leave torch's count as it was.
+
+    numba's OpenMP threading layer shares libgomp with torch and sets the OpenMP thread count to numba's
+    own (NUMBA_NUM_THREADS, default: every core) when it starts, so without this a process limited to
+    one thread (OMP_NUM_THREADS=1, `threads: 1`) ran torch on every core after its first scan.
+    """
+    import numba
+
+    n = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
 def load_kernels():
     """Import (compile, or load from numba's cache) the kernels; raises if numba cannot."""
     global _kernels
     if _kernels is None:
-        from neurofuse.ssm import _numba_kernels
+        with _torch_thread_count():  # loading starts numba's threading layer, which resets OpenMP's count
+            from neurofuse.ssm import _numba_kernels
 
         _kernels = _numba_kernels
     return _kernels
@@ -70,11 +92,12 @@ class _NumbaScan(torch.autograd.Function):
         y = torch.empty(batch, d_inner, L1, L2, dtype=ft)
         last = torch.empty(batch, d_inner, n_state, dtype=ft)
         ck = torch.empty(batch, d_inner, n_ck, n_state, dtype=ft)
-        k.scan_fwd(
-            _np(u4), _np(d4), _np(Af), _np(Bw), _np(Cw), _np(Df), _np(z4), _np(bf),
-            bool(delta_softplus), z is not None, bool(reverse), CHECKPOINT_EVERY, save,
-            _np(y), _np(last), _np(ck),
-        )  # fmt: skip
+        with _torch_thread_count():
+            k.scan_fwd(
+                _np(u4), _np(d4), _np(Af), _np(Bw), _np(Cw), _np(Df), _np(z4), _np(bf),
+                bool(delta_softplus), z is not None, bool(reverse), CHECKPOINT_EVERY, save,
+                _np(y), _np(last), _np(ck),
+            )  # fmt: skip
         if save:
             ctx.save_for_backward(u4, d4, Af, Bw, Cw, Df, z4, bf, ck)
             ctx.flags = (bool(delta_softplus), z is not None, bool(reverse))
@@ -99,12 +122,13 @@ class _NumbaScan(torch.autograd.Function):
         dD_part = torch.empty(batch, d_inner, dtype=ft)
         dB_part = torch.zeros(workers, batch, groups, L, n_state, dtype=ft)
         dC_part = torch.zeros(workers, batch, groups, L, n_state, dtype=ft)
-        k.scan_bwd(
-            _np(u4), _np(d4), _np(Af), _np(Bw), _np(Cw), _np(Df), _np(z4), _np(bf),
-            softplus, has_z, reverse, CHECKPOINT_EVERY,
-            _np(ck), _np(dy4), _np(dlf), _np(du), _np(ddelta), _np(dz),
-            _np(dA_part), _np(dD_part), _np(dB_part), _np(dC_part),
-        )  # fmt: skip
+        with _torch_thread_count():
+            k.scan_bwd(
+                _np(u4), _np(d4), _np(Af), _np(Bw), _np(Cw), _np(Df), _np(z4), _np(bf),
+                softplus, has_z, reverse, CHECKPOINT_EVERY,
+                _np(ck), _np(dy4), _np(dlf), _np(du), _np(ddelta), _np(dz),
+                _np(dA_part), _np(dD_part), _np(dB_part), _np(dC_part),
+            )  # fmt: skip
         dt_u, dt_delta, dt_A, dt_B, dt_C, dt_D, dt_z, dt_bias = ctx.dtypes
         dB = dB_part.sum(0).transpose(-1, -2).reshape(b_shape)
         dC = dC_part.sum(0).transpose(-1, -2).reshape(c_shape)
