@@ -48,3 +48,10 @@ def test_cli_labels_and_missing_log(tmp_path):
     assert (tmp_path / "x.png").is_file() and "mine" in (tmp_path / "x.md").read_text(encoding="utf-8")
     with pytest.raises(InputError, match="training log not found"):
         read_log(tmp_path / "nothing")
+
+
+def test_3d_logs_get_the_3d_metrics():
+    from neurofuse.curves import METRICS_3D, metrics_in
+
+    assert metrics_in([[{"step": 1.0, "val_PSNR": 20.0, "val_MS_SSIM": 0.7, "val_EN": 4.0}]]) == METRICS_3D
+    assert metrics_in([[{"step": 1.0, "val_PSNR": 20.0, "val_SSIM": 0.7}]])[0] == "val_SSIM"

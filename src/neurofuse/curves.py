@@ -15,7 +15,15 @@ from pathlib import Path
 from neurofuse.errors import InputError
 from neurofuse.io import atomic_write_path, write_csv, write_text
 
-DEFAULT_METRICS = ("val_SSIM", "val_PSNR", "val_FMI", "val_Qabf")
+DEFAULT_METRICS = ("val_SSIM", "val_PSNR", "val_FMI", "val_Qabf")  # 2D runs
+METRICS_3D = ("val_MS_SSIM", "val_PSNR", "val_EN")  # 3D runs validate these (no FMI, no Qabf)
+
+
+def metrics_in(logs: list[list[dict[str, float]]]) -> tuple[str, ...]:
+    """The 2D curve metrics the logs hold, else the 3D ones."""
+    present = {k for rows in logs for r in rows for k in r}
+    found = tuple(m for m in DEFAULT_METRICS if m in present and m != "val_PSNR")
+    return DEFAULT_METRICS if found else METRICS_3D
 
 
 def read_log(run: str | Path) -> list[dict[str, float]]:
@@ -47,15 +55,17 @@ def _whole_split(row: dict[str, float], rows: list[dict[str, float]]) -> bool:
     return row.get("val_items", math.nan) > min(counts)
 
 
-def plot_learning_curves(runs: dict[str, str | Path], out: str | Path, metrics: tuple[str, ...] = DEFAULT_METRICS,
+def plot_learning_curves(runs: dict[str, str | Path], out: str | Path, metrics: tuple[str, ...] | None = None,
                          x: str = "pixels", title: str | None = None) -> Path:
-    """PNG of `metrics` against `x` (pixels seen; `step` for logs without pixel counts) for each labelled run."""
+    """PNG of `metrics` (default: `metrics_in` the logs) against `x` (pixels seen; `step` for logs without
+    pixel counts) for each labelled run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     logs = {label: read_log(path) for label, path in runs.items()}
+    metrics = metrics or metrics_in(list(logs.values()))
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         for label, rows in logs.items():
@@ -83,10 +93,11 @@ def plot_learning_curves(runs: dict[str, str | Path], out: str | Path, metrics: 
 
 
 def last_rows_table(runs: dict[str, str | Path], out_csv: str | Path,
-                    metrics: tuple[str, ...] = DEFAULT_METRICS) -> Path:
+                    metrics: tuple[str, ...] | None = None) -> Path:
     """CSV + Markdown (same name, .md) of each run's last validation row: step, pixels, items, metrics."""
     from neurofuse.evaluate import markdown_table
 
+    metrics = metrics or metrics_in([read_log(path) for path in runs.values()])
     cols = ("step", "images", "pixels", "pixels_full", "val_items", *metrics)
     rows = []
     for label, path in runs.items():

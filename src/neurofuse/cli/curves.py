@@ -15,12 +15,13 @@ from neurofuse.errors import UsageError
 @click.argument("runs", nargs=-1, required=True)
 @output_option(type=click.Path(dir_okay=False), help="PNG to write.")
 @click.option("--metric", "metrics", multiple=True,
-              help="Log column to draw (repeatable); default val_SSIM, val_PSNR, val_FMI, val_Qabf.")
+              help="Log column to draw (repeatable); default val_SSIM, val_PSNR, val_FMI, val_Qabf "
+                   "(3D runs: val_MS_SSIM, val_PSNR, val_EN).")
 @click.option("--table", type=click.Path(dir_okay=False), help="Also write each run's last row as CSV (+ .md).")
 @click.option("--title", help="Figure title.")
 def curves_cmd(runs: tuple[str, ...], out: str, metrics: tuple[str, ...], table: str | None, title: str | None) -> None:
     """Plot RUN folders or snapshots (each `PATH` or `LABEL=PATH`, holding a log.csv) against pixels seen."""
-    from neurofuse.curves import DEFAULT_METRICS, last_rows_table, plot_learning_curves
+    from neurofuse.curves import last_rows_table, plot_learning_curves
 
     labelled: dict[str, str] = {}
     for item in runs:
@@ -28,7 +29,7 @@ def curves_cmd(runs: tuple[str, ...], out: str, metrics: tuple[str, ...], table:
         if label in labelled:
             raise UsageError(f"{item}: label {label!r} given twice")
         labelled[label] = path
-    chosen = tuple(metrics) or DEFAULT_METRICS
+    chosen = tuple(metrics) or None
     click.echo(f"wrote {plot_learning_curves(labelled, out, chosen, title=title)}")
     if table:
         click.echo(f"wrote {last_rows_table(labelled, table, chosen)}")
