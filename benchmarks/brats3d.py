@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a row LABEL: learned method or registered model NAME with these weights (repeatable)")
     ap.add_argument("--threads", type=int, default=None,
                     help="OMP_NUM_THREADS and NUMBA_NUM_THREADS of the fusion processes (default: as set, or the "
-                         "libraries' own; numba's OpenMP layer sets torch's threads to NUMBA_NUM_THREADS)")
+                         "libraries' own)")
     return ap
 
 
@@ -427,8 +427,8 @@ def main(argv: list[str] | None = None, keep_fused: bool = False) -> Result:
         ap.error("give --config (held-out volumes of a training config) or --data (every case of a folder)")
     if args.config is not None and args.size is not None:
         ap.error("--size: with --config the grid is the config's volume_size")
-    if args.threads is not None:  # the spawned fusion processes inherit them; numba's OpenMP layer would
-        for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS"):  # otherwise reset torch's threads to its own
+    if args.threads is not None:  # the spawned fusion processes inherit them
+        for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS"):
             os.environ[var] = str(args.threads)
     try:
         entries = parse_entries(args, ap)

@@ -22,8 +22,7 @@ METRICS_3D = ("val_MS_SSIM", "val_PSNR", "val_EN")  # 3D runs validate these (no
 def metrics_in(logs: list[list[dict[str, float]]]) -> tuple[str, ...]:
     """The 2D curve metrics the logs hold, else the 3D ones."""
     present = {k for rows in logs for r in rows for k in r}
-    found = tuple(m for m in DEFAULT_METRICS if m in present and m != "val_PSNR")
-    return DEFAULT_METRICS if found else METRICS_3D
+    return DEFAULT_METRICS if present & {"val_SSIM", "val_FMI", "val_Qabf"} else METRICS_3D
 
 
 def read_log(run: str | Path) -> list[dict[str, float]]:
@@ -97,11 +96,12 @@ def last_rows_table(runs: dict[str, str | Path], out_csv: str | Path,
     """CSV + Markdown (same name, .md) of each run's last validation row: step, pixels, items, metrics."""
     from neurofuse.evaluate import markdown_table
 
-    metrics = metrics or metrics_in([read_log(path) for path in runs.values()])
+    logs = {label: read_log(path) for label, path in runs.items()}
+    metrics = metrics or metrics_in(list(logs.values()))
     cols = ("step", "images", "pixels", "pixels_full", "val_items", *metrics)
     rows = []
-    for label, path in runs.items():
-        last = read_log(path)[-1]
+    for label, log in logs.items():
+        last = log[-1]
         rows.append({"run": label, **{c: last.get(c, math.nan) for c in cols}})
     out_csv = Path(out_csv)
     write_csv(out_csv, rows)

@@ -464,11 +464,9 @@ def _apply_stage(model: nn.Module, cfg: TrainConfig) -> list[str]:
     return stages
 
 
-_PATH_KEYS = ("data",)  # one folder, however spelled (relative, absolute)
-
-
 def _same_setting(key: str, a: Any, b: Any) -> bool:
-    if key in _PATH_KEYS and isinstance(a, str) and isinstance(b, str) and a != b:
+    """Equal settings; the data folder is one folder however spelled (relative, absolute)."""
+    if key == "data" and isinstance(a, str) and isinstance(b, str):
         return Path(a).resolve() == Path(b).resolve()
     return a == b
 
@@ -721,18 +719,19 @@ class Trainer:
     def checkpoint(self) -> None:
         """Last weights (and EMA), the resumable state and `progress.json` (rank 0)."""
         cfg, meta = self.cfg, {**self.meta, "step": str(self.step)}
+        ema_n = 0 if self.ema is None else int(self.ema.n_averaged)
         save_weights(self.model, self.out / "last.safetensors", meta)
         if self.ema is not None:
             save_weights(self.ema.module, self.out / "last_ema.safetensors", {**meta, "ema": str(cfg.ema)})
         _save_state(self.out / "last_state.pt", {
             "step": self.step, "seconds": self.seconds, "best_val_loss": self.best,
             "optimizer": self.opt.state_dict(), "seen": dict(self.seen),
-            "ema_n": 0 if self.ema is None else int(self.ema.n_averaged), "rng": _rng_state(self.device),
+            "ema_n": ema_n, "rng": _rng_state(self.device),
             "train_sums": self.acc, "train_count": self.acc_n, "config": cfg.to_dict()})
         write_text(self.out / "progress.json", json.dumps(
             {"model": cfg.model, "model_args": cfg.model_args, "step": self.step, "total_steps": self.total_steps,
              "epoch": round(self.step / self.steps_per_epoch, 4), **self.seen,
-             "ema_n": 0 if self.ema is None else int(self.ema.n_averaged),
+             "ema_n": ema_n,
              "train_seconds": round(self.seconds, 1),
              "weights": "last_ema.safetensors" if self.ema is not None else "last.safetensors",
              "machine": machine_summary(self.device), "last_val": self.rows[-1] if self.rows else None,
