@@ -299,3 +299,14 @@ def test_one_group_optimiser_state_is_regrouped_exactly():
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     decayed = torch.optim.Adam(param_groups(new, 0.1), lr=1e-2)
     assert len(_regroup(opt_old.state_dict(), decayed, new)["param_groups"]) == 1  # settings differ: left alone
+    foreign = copy.deepcopy(opt_old.state_dict())
+    foreign["state"][0]["exp_avg"] = torch.zeros(3)  # another model's parameter
+    assert len(_regroup(foreign, opt_new, new)["param_groups"]) == 1  # left alone: loading then refuses
+
+
+def test_resume_ignores_the_starting_point(pairs, tmp_path):
+    """init / continue_from only say where step 0 came from: changing them does not block a resume."""
+    train(_cfg(pairs, tmp_path / "r", max_steps=1, precision="fp32"), model=_seeded())
+    res = train(_cfg(pairs, tmp_path / "r", max_steps=2, resume=True, precision="fp32", init=str(tmp_path / "x")),
+                model=_seeded())
+    assert res.step == 2

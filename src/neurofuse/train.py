@@ -570,7 +570,7 @@ class Trainer:
         self.model = model = create_model(cfg.model, **cfg.model_args) if model is None else model
         _check_protocol(model, cfg.model)
         stages = _apply_stage(model, cfg)
-        if cfg.init is not None:
+        if cfg.init is not None and not cfg.resume:  # starting points: a resume takes its own last weights
             load_weights(model, resolve_init(cfg.init))
         snapshot = None if cfg.continue_from is None or cfg.resume else read_snapshot(cfg.continue_from)
         if snapshot is not None:
