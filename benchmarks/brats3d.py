@@ -141,11 +141,11 @@ def _fuse_child(folder: str, method: str, options: dict) -> dict:
     m = get_method(resolve_method(method, a.ndim, register=True))
     load = 0.0
     if m.kind == "learned":  # build the model and read its weights first (the cache `fuse` then uses)
-        from neurofuse.inference import _load_model
+        from neurofuse.inference import load_model
 
         t0 = time.perf_counter()
         weights = options.get("weights")
-        _load_model(m.models[a.ndim], None if weights is None else str(weights), options.get("pretrained"))
+        load_model(m.models[a.ndim], None if weights is None else str(weights), options.get("pretrained"))
         load = time.perf_counter() - t0
     setup_peak, rss_before = _proc_kib("VmHWM"), _proc_kib("VmRSS")
     proc = setup_peak is not None and rss_before is not None and _reset_peak_rss()

@@ -54,7 +54,7 @@ def cohort(tmp_path, monkeypatch):
 
 def test_table_on_the_held_out_volumes(brats3d, cohort, tmp_path):
     from neurofuse.fusion import fuse
-    from neurofuse.inference import _load_model
+    from neurofuse.inference import load_model
     from neurofuse.metrics import compute_metrics
     from neurofuse.train import TrainConfig, build_datasets, evaluate
 
@@ -93,7 +93,7 @@ def test_table_on_the_held_out_volumes(brats3d, cohort, tmp_path):
         assert np.isnan(row["cuda_peak_mb"]) and row["rss_from"] == "proc"
 
     # -O crop=false: the whole volume in one pass, the trainer's validation forward and metrics
-    model = _load_model("clinicalfmamba_3d_tiny", str(weights), None)
+    model = load_model("clinicalfmamba_3d_tiny", str(weights), None)
     import torch
 
     trainer = evaluate(model, val, cfg, torch.device("cpu"))

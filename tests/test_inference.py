@@ -110,18 +110,18 @@ def test_register_learned_method_picks_model_by_ndim(tmp_path, monkeypatch):
 def test_weights_load_into_the_architecture_they_were_trained_with(tmp_path):
     """`neurofuse train` stores model_args in the file; an ablation's weights must load into the ablation."""
     from neurofuse.errors import InputError
-    from neurofuse.inference import _load_model
+    from neurofuse.inference import load_model
     from neurofuse.train import save_weights
 
     single = create_model("clinicalfmamba_3d_tiny", scan="single")
     path = tmp_path / "single.safetensors"
     save_weights(single, path, {"model": "clinicalfmamba_3d_tiny", "model_args": '{"scan": "single"}'})
-    model = _load_model("clinicalfmamba_3d_tiny", str(path), None)
+    model = load_model("clinicalfmamba_3d_tiny", str(path), None)
     assert model.cfg.scan == "single"
     for k, v in single.state_dict().items():
         assert torch.equal(model.state_dict()[k], v)
     with pytest.raises(InputError, match="trained for model clinicalfmamba_3d_tiny"):
-        _load_model("clinicalfmamba_2d_tiny", str(path), None)
+        load_model("clinicalfmamba_2d_tiny", str(path), None)
     plain = tmp_path / "plain.safetensors"  # no metadata (another tool): registered defaults
     save_weights(create_model("clinicalfmamba_3d_tiny"), plain)
-    assert _load_model("clinicalfmamba_3d_tiny", str(plain), None).cfg.scan == "tri_plane"
+    assert load_model("clinicalfmamba_3d_tiny", str(plain), None).cfg.scan == "tri_plane"

@@ -425,10 +425,12 @@ def window_options(
 
 
 @functools.lru_cache(maxsize=4)
-def _load_model(name: str, weights: str | None, pretrained: str | None) -> nn.Module:
-    """Model `name` with a weights file, a shipped tag, or (neither given) its default shipped weights.
+def load_model(name: str, weights: str | None = None, pretrained: str | None = None) -> nn.Module:
+    """Model `name` in eval mode with a weights file, a shipped tag, or (neither given) its default
+    shipped weights; the architecture overrides stored in the file's metadata are applied.
 
-    Cached, so a folder of pairs (`fuse-dir`) builds and loads the model once.
+    Cached, so a folder of pairs (`fuse-dir`) builds and loads the model once, and a caller can load it
+    ahead of a timed fusion (`benchmarks/brats3d.py`).
     """
     from neurofuse.models.pretrained import default_tag
     from neurofuse.models.registry import create_model, load_weights

@@ -80,10 +80,10 @@ def register_learned_method(method_name: str, models: Mapping[int, str], descrip
     ) -> np.ndarray:
         if a.ndim not in names:
             raise UsageError(f"method {method_name!r} supports {tuple(names)}D input, got {a.ndim}D")
-        from neurofuse.inference import _load_model, fuse_with_model, window_options
+        from neurofuse.inference import fuse_with_model, load_model, window_options
 
         opts = window_options(a.ndim, window, overlap, crop, margin, max_voxels, blend)
-        model = _load_model(names[a.ndim], None if weights is None else str(weights), pretrained)
+        model = load_model(names[a.ndim], None if weights is None else str(weights), pretrained)
         return fuse_with_model(model, a, b, device=str(device), precision=str(precision), **opts)
 
     fuse_fn.__name__ = f"fuse_{method_name}"
@@ -95,9 +95,9 @@ def register_learned_method(method_name: str, models: Mapping[int, str], descrip
         opts = {"weights": weights, "pretrained": pretrained, "device": device, "precision": precision}
         if a.ndim - 1 != 2 or 2 not in names or any(windowing.get(k) is not None for k in _WINDOWED):
             return np.stack([fuse_fn(x, y, **opts, **windowing) for x, y in zip(a, b, strict=True)])
-        from neurofuse.inference import _load_model, fuse_batch_with_model
+        from neurofuse.inference import fuse_batch_with_model, load_model
 
-        model = _load_model(names[2], None if weights is None else str(weights), pretrained)
+        model = load_model(names[2], None if weights is None else str(weights), pretrained)
         return fuse_batch_with_model(model, a, b, device=str(device), precision=str(precision))
 
     fuse_fn.batch = fuse_batch
