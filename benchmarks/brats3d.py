@@ -20,10 +20,11 @@ learned method with `weights=WEIGHTS`; the architecture options it was trained w
 `scan: single`) come from the file's metadata. `-O KEY=VALUE` options go to every learned row (e.g.
 `-O crop=false`: the whole volume in one pass, the trainer's validation forward; `-O device=cuda`).
 
-Metrics (presets `clinicalfmamba` and `standard`): PSNR, MS_SSIM, EN and EN_unique (flagged) on the whole
-volume; SSIM_axial and Qabf_axial, the 2D SSIM and Qabf averaged over the axial slices that hold brain
-(`compute_metrics(..., slicewise="axial", per_slice=("SSIM",))`). Each fusion runs alone in a fresh
-process (multiprocessing 'spawn'), which reports the fusion's wall time and peak resident memory (VmHWM).
+Metrics (presets `clinicalfmamba` and `standard`): PSNR, MS_SSIM, EN, AG and EN_unique (flagged) on the
+whole volume (AG, the 3D average gradient, measures sharpness; summary.md gives the sources' AG beside it);
+SSIM_axial and Qabf_axial, the 2D SSIM and Qabf averaged over the axial slices that hold brain
+(`compute_metrics(..., slicewise="axial", per_slice=("SSIM",))`). Each fusion runs alone in a fresh process
+(multiprocessing 'spawn'), which reports the fusion's wall time and peak resident memory (VmHWM).
 Writes per_case.csv, summary.csv, summary.md (mean ± std over volumes, `neurofuse.evaluate.mean_std`) and
 grid.png (per volume: central axial, coronal and sagittal slices and a 2x zoom of the axial one).
 """
@@ -46,7 +47,7 @@ import numpy as np
 
 from neurofuse.errors import UsageError
 
-VOLUME_METRICS = ("PSNR", "MS_SSIM", "EN", "EN_unique")  # on the whole volume
+VOLUME_METRICS = ("PSNR", "MS_SSIM", "EN", "AG", "EN_unique")  # on the whole volume
 SLICE_METRICS = ("SSIM", "Qabf")  # 2D, mean over the axial slices holding brain
 PRESETS = ("clinicalfmamba", "standard")
 # Measured in the fusion's own process: (column, Markdown header, format)
@@ -337,9 +338,20 @@ def summary_rows(rows: list[dict], entries: list[Entry]) -> list[dict]:
     return out
 
 
+def source_sharpness(volumes: Volumes, preset: str) -> dict[str, list[float]]:
+    """AG (the sharpness column) of each source volume in `preset`: {"T2": [...], "FLAIR": [...]} per volume."""
+    from neurofuse.metrics import compute_metrics
+
+    out: dict[str, list[float]] = {"T2": [], "FLAIR": []}
+    for a, b in volumes.pairs.values():
+        for name, src in (("T2", a), ("FLAIR", b)):
+            out[name].append(compute_metrics(a, b, src, ["AG"], preset)["AG"])
+    return out
+
+
 def summary_markdown(rows: list[dict], entries: list[Entry], volumes: Volumes, title: str) -> str:
-    """summary.md: machine and threads, the volumes, a mean ± std table per preset, time and memory,
-    per-volume tables and what every column means."""
+    """summary.md: machine and threads, the volumes, a mean ± std table per preset with the sources' AG,
+    time and memory, per-volume tables and what every column means."""
     from neurofuse.evaluate import markdown_table
     from neurofuse.metrics.presets import flag_marked, flag_notes
     from neurofuse.precision import cpu_info
@@ -370,6 +382,9 @@ def summary_markdown(rows: list[dict], entries: list[Entry], volumes: Volumes, t
                              for c in cols)] for e in entries]
         lines += [f"## Preset `{preset}` (mean ± std over {len(volumes.pairs)} volumes)", ""]
         lines += markdown_table(["method", *map(flag_marked, cols)], table) + [""]
+        sharp = source_sharpness(volumes, preset)
+        lines += ["AG of the sources (a fusion as sharp as its sources reaches theirs): "
+                  + ", ".join(f"{k} {_cell(v, '.4g')}" for k, v in sharp.items()) + ".", ""]
     one = [r for r in rows if r["preset"] == PRESETS[0]]  # the measures, once per fusion
     table = [[e.label, *(_cell((r[m] for r in one if r["method"] == e.label), spec) for m, _, spec in measures)]
              for e in entries]
@@ -382,9 +397,10 @@ def summary_markdown(rows: list[dict], entries: list[Entry], volumes: Volumes, t
         lines += markdown_table(["method", "volume", *map(flag_marked, cols), *(h for _, h, _ in measures)], per)
         lines += [""]
     lines += [
-        "Columns: PSNR, MS_SSIM, EN and EN_unique on the whole volume, as `compute_metrics` computes them in the "
-        "preset; SSIM_axial and Qabf_axial: the 2D SSIM and Qabf averaged over the axial slices (third voxel axis) "
-        "that hold brain in T2 or FLAIR (`slicewise='axial'`, `per_slice=('SSIM',)`). Every fusion ran alone in a "
+        "Columns: PSNR, MS_SSIM, EN, AG (average gradient, the sharpness) and EN_unique on the whole volume, as "
+        "`compute_metrics` computes them in the preset; SSIM_axial and Qabf_axial: the 2D SSIM and Qabf averaged "
+        "over the axial slices (third voxel axis) that hold brain in T2 or FLAIR (`slicewise='axial'`, "
+        "`per_slice=('SSIM',)`). Every fusion ran alone in a "
         "fresh process (multiprocessing spawn). s/volume: wall time (time.perf_counter) of the `fuse` call; for a "
         "learned method the model was built and its weights read before it (model load s). Peak RSS: the peak "
         "resident memory of that process since it started (VmHWM, /proc/self/status): interpreter, numpy, "

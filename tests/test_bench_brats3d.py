@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ["method", "case", "preset", "PSNR", "MS_SSIM", "EN", "SSIM_axial", "Qabf_axial", "EN_unique", "seconds",
-           "load_seconds", "peak_rss_mb", "fusion_rss_mb", "cuda_peak_mb", "threads", "gpu", "rss_from"]
+COLUMNS = ["method", "case", "preset", "PSNR", "MS_SSIM", "EN", "SSIM_axial", "Qabf_axial", "AG", "EN_unique",
+           "seconds", "load_seconds", "peak_rss_mb", "fusion_rss_mb", "cuda_peak_mb", "threads", "gpu", "rss_from"]
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_table_on_the_held_out_volumes(brats3d, cohort, tmp_path):
             assert row["load_seconds"] == 0 and row["threads"] == ""
         else:
             assert row["load_seconds"] > 0 and row["threads"] == 1
-        direct = compute_metrics(a, b, f, ["PSNR", "MS_SSIM", "EN", "EN_unique", "SSIM", "Qabf"], row["preset"],
+        direct = compute_metrics(a, b, f, ["PSNR", "MS_SSIM", "EN", "AG", "EN_unique", "SSIM", "Qabf"], row["preset"],
                                  slicewise="axial", per_slice=("SSIM",))
         for name, value in direct.items():
             col = f"{name}_axial" if name in ("SSIM", "Qabf") else name
@@ -113,6 +113,8 @@ def test_table_on_the_held_out_volumes(brats3d, cohort, tmp_path):
     md = (out / "summary.md").read_text(encoding="utf-8")
     assert "Machine:" in md and "Torch threads in the learned fusions: 1" in md and "NUMBA_NUM_THREADS=1" in md
     assert "EN_unique †" in md and "† EN_unique" in md and "peak RSS MiB" in md and "CUDA peak MiB" not in md
+    t2_ag = [compute_metrics(a, b, a, ["AG"], "clinicalfmamba")["AG"] for a, b in res.volumes.pairs.values()]
+    assert f"sources (a fusion as sharp as its sources reaches theirs): T2 {np.mean(t2_ag):.4g} ± " in md
     assert "model clinicalfmamba_3d_tiny" in md and "step 7" in md and ", ".join(val_ids) in md
 
     grid = np.asarray(Image.open(out / "grid.png"))
