@@ -55,3 +55,19 @@ def test_3d_logs_get_the_3d_metrics():
 
     assert metrics_in([[{"step": 1.0, "val_PSNR": 20.0, "val_MS_SSIM": 0.7, "val_EN": 4.0}]]) == METRICS_3D
     assert metrics_in([[{"step": 1.0, "val_PSNR": 20.0, "val_SSIM": 0.7}]])[0] == "val_SSIM"
+
+
+def test_stages_continue_the_counts(tmp_path):
+    from neurofuse.curves import read_stages
+
+    first, second = _log(tmp_path / "s1", _rows(0.0)), _log(tmp_path / "s2", _rows(0.1))
+    joined = read_stages([first, second])
+    assert [r["step"] for r in joined] == [1, 2, 3, 4, 5, 6]
+    assert [r["pixels"] for r in joined] == [1000, 2000, 3000, 4000, 5000, 6000]
+    assert joined[3]["val_SSIM"] == pytest.approx(0.61)  # metrics are not shifted
+    assert read_stages(first) == read_log(first)
+    res = CliRunner().invoke(main, ["curves", f"both={first}+{second}", "-o", str(tmp_path / "x.png"), "--table",
+                                    str(tmp_path / "x.csv")])
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "x.csv", newline="", encoding="utf-8") as fh:
+        assert [float(r["pixels"]) for r in csv.DictReader(fh)] == [6000]

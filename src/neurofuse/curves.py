@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from neurofuse.errors import InputError
@@ -48,22 +49,40 @@ def read_log(run: str | Path) -> list[dict[str, float]]:
     return out
 
 
+_COUNTERS = ("step", "images", "pixels", "pixels_full", "seconds")  # cumulative over a run's stages
+
+
+def read_stages(stages: str | Path | Sequence[str | Path]) -> list[dict[str, float]]:
+    """One run's log from its stages in order (a path, or several when a stage started from the previous
+    one's weights): each later stage's step, images, pixels, pixels_full and seconds are counted on from
+    the end of the stages before it, so its curve continues where theirs stopped."""
+    paths = [stages] if isinstance(stages, (str, Path)) else list(stages)
+    out: list[dict[str, float]] = []
+    for path in paths:
+        offset = {k: out[-1][k] for k in _COUNTERS if out and k in out[-1]}
+        out += [{**r, **{k: r[k] + v for k, v in offset.items() if k in r}} for r in read_log(path)]
+    return out
+
+
 def _whole_split(row: dict[str, float], rows: list[dict[str, float]]) -> bool:
     """Whether a row was validated on more items than the run's periodic validations."""
     counts = [r.get("val_items", math.nan) for r in rows]
     return row.get("val_items", math.nan) > min(counts)
 
 
-def plot_learning_curves(runs: dict[str, str | Path], out: str | Path, metrics: tuple[str, ...] | None = None,
+Stages = str | Path | Sequence[str | Path]
+
+
+def plot_learning_curves(runs: dict[str, Stages], out: str | Path, metrics: tuple[str, ...] | None = None,
                          x: str = "pixels", title: str | None = None) -> Path:
     """PNG of `metrics` (default: `metrics_in` the logs) against `x` (pixels seen; `step` for logs without
-    pixel counts) for each labelled run."""
+    pixel counts) for each labelled run (its stages joined by `read_stages`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    logs = {label: read_log(path) for label, path in runs.items()}
+    logs = {label: read_stages(path) for label, path in runs.items()}
     metrics = metrics or metrics_in(list(logs.values()))
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
@@ -91,12 +110,12 @@ def plot_learning_curves(runs: dict[str, str | Path], out: str | Path, metrics: 
     return out
 
 
-def last_rows_table(runs: dict[str, str | Path], out_csv: str | Path,
+def last_rows_table(runs: dict[str, Stages], out_csv: str | Path,
                     metrics: tuple[str, ...] | None = None) -> Path:
     """CSV + Markdown (same name, .md) of each run's last validation row: step, pixels, items, metrics."""
     from neurofuse.evaluate import markdown_table
 
-    logs = {label: read_log(path) for label, path in runs.items()}
+    logs = {label: read_stages(path) for label, path in runs.items()}
     metrics = metrics or metrics_in(list(logs.values()))
     cols = ("step", "images", "pixels", "pixels_full", "val_items", *metrics)
     rows = []
