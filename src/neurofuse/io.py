@@ -640,12 +640,14 @@ def atomic_write_path(path: str | Path, overwrite: bool = True) -> Iterator[Path
     remove_stale_partials(path.parent, path.name)
     ext = suffix_of(path)
     tmp = path.with_name(f".{path.name[: len(path.name) - len(ext)]}{_PARTIAL}{uuid.uuid4().hex[:8]}{ext}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot write in {path.parent} ({exc.strerror})") from None
-    _try_lock(fd)
-    try:
+    ours, fd = True, None  # from before the file exists: a signal (SIGTERM unwinds) just after it is created
+    try:                   # still removes it
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as exc:
+            ours = False  # not created by us
+            raise UsageError(f"{path}: cannot write in {path.parent} ({exc.strerror})") from None
+        _try_lock(fd)
         yield tmp
         _commit(tmp, path, overwrite)
     except OSError as exc:
@@ -653,9 +655,11 @@ def atomic_write_path(path: str | Path, overwrite: bool = True) -> Iterator[Path
             raise
         raise InputError(f"{path}: cannot write ({exc.strerror})") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        os.close(fd)
+        if ours:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        if fd is not None:
+            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -101,3 +101,18 @@ def test_read_only_folder_is_refused_up_front(tmp_path):
     with pytest.raises(UsageError, match="not writable"):
         with atomic_write_path(tmp_path / "ro" / "f.txt"):
             pass
+
+
+def test_interrupt_just_after_the_partial_is_created_removes_it(tmp_path, monkeypatch):
+    """SIGTERM unwinds as an exception; one raised right after the temporary file exists (here from the
+    lock call that follows its creation) must still remove it."""
+    import neurofuse.io as nio
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nio, "_try_lock", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write_path(tmp_path / "f.txt"):
+            pass
+    assert list(tmp_path.iterdir()) == []
