@@ -50,9 +50,10 @@ def read_log(run: str | Path) -> list[dict[str, float]]:
 
 
 _COUNTERS = ("step", "images", "pixels", "pixels_full", "seconds")  # cumulative over a run's stages
+Stages = str | Path | Sequence[str | Path]  # one run: its log, or the logs of its stages in order
 
 
-def read_stages(stages: str | Path | Sequence[str | Path]) -> list[dict[str, float]]:
+def read_stages(stages: Stages) -> list[dict[str, float]]:
     """One run's log from its stages in order (a path, or several when a stage started from the previous
     one's weights): each later stage's step, images, pixels, pixels_full and seconds are counted on from
     the end of the stages before it, so its curve continues where theirs stopped."""
@@ -68,9 +69,6 @@ def _whole_split(row: dict[str, float], rows: list[dict[str, float]]) -> bool:
     """Whether a row was validated on more items than the run's periodic validations."""
     counts = [r.get("val_items", math.nan) for r in rows]
     return row.get("val_items", math.nan) > min(counts)
-
-
-Stages = str | Path | Sequence[str | Path]
 
 
 def plot_learning_curves(runs: dict[str, Stages], out: str | Path, metrics: tuple[str, ...] | None = None,

@@ -640,8 +640,9 @@ def atomic_write_path(path: str | Path, overwrite: bool = True) -> Iterator[Path
     remove_stale_partials(path.parent, path.name)
     ext = suffix_of(path)
     tmp = path.with_name(f".{path.name[: len(path.name) - len(ext)]}{_PARTIAL}{uuid.uuid4().hex[:8]}{ext}")
-    ours, fd = True, None  # from before the file exists: a signal (SIGTERM unwinds) just after it is created
-    try:                   # still removes it
+    # The try starts before the file exists, so a signal just after its creation (SIGTERM unwinds) removes it.
+    ours, fd = True, None
+    try:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as exc:

@@ -204,7 +204,6 @@ def test_env_override_and_bad_names(monkeypatch):
             scan.resolve_backend("mamba_ssm", torch.device("cpu"))
 
 
-
 def test_numba_scan_keeps_torchs_thread_count():
     """In a fresh process limited to one thread (OMP_NUM_THREADS=1, as a user or a scheduler sets it),
     loading and running the numba scan (forward and backward) leaves torch on one thread: numba's OpenMP
