@@ -37,7 +37,7 @@ def cli(*args) -> list[str]:
 
 
 def run(*args, check: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run(cli(*args), env=ENV, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cli(*args), env=ENV, capture_output=True, text=True, encoding="utf-8", timeout=300)
     if check:
         assert res.returncode == 0, res.stderr
     return res
@@ -189,7 +189,8 @@ def test_two_fuse_dir_at_once(tmp_path):
     da, db = pair_folders(tmp_path, 16, 48)
     out = tmp_path / "out"
     args = ["fuse-dir", da, db, "-o", out, "-m", "laplacian"]
-    procs = [subprocess.Popen(cli(*args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(cli(*args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              encoding="utf-8")
              for _ in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
