@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from neurofuse.errors import UsageError
-from neurofuse.train import TrainConfig, export_fp16, lr_at, train
+from neurofuse.train import TrainConfig, evaluate, export_fp16, lr_at, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_data import make_harvard  # noqa: E402
@@ -310,3 +310,24 @@ def test_resume_ignores_the_starting_point(pairs, tmp_path):
     res = train(_cfg(pairs, tmp_path / "r", max_steps=2, resume=True, precision="fp32", init=str(tmp_path / "x")),
                 model=_seeded())
     assert res.step == 2
+
+
+def test_3d_validation_reports_sharpness_of_fused_and_sources():
+    """evaluate() on volumes gives the fused volume's AG and the sources' AG_a / AG_b (the sharpness a
+    fusion should reach), each equal to the `standard` preset's AG of that volume."""
+    from neurofuse.metrics import compute_metrics
+    from neurofuse.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("clinicalfmamba_3d_tiny")
+    g = torch.Generator().manual_seed(2)
+    a = F.avg_pool3d(torch.rand(1, 1, 20, 20, 20, generator=g), 3, 1, 1)
+    b = torch.rand(1, 1, 20, 20, 20, generator=g)  # rougher than a
+    row = evaluate(model, [{"a": a[0], "b": b[0]}], TrainConfig(model="clinicalfmamba_3d_tiny", data="."),
+                   torch.device("cpu"))
+    with torch.no_grad():
+        f = model.eval()(a, b)[0, 0].clamp(0, 1).numpy()
+    arr = [t[0, 0].numpy() for t in (a, b)]
+    for key, vol in (("AG", f), ("AG_a", arr[0]), ("AG_b", arr[1])):
+        assert row[f"val_{key}"] == pytest.approx(compute_metrics(*arr, vol, ["AG"], "standard")["AG"], rel=1e-6)
+    assert row["val_AG_b"] > 2 * row["val_AG_a"] > 0

@@ -18,10 +18,15 @@ ANTs' `antsApplyTransforms` for 3D); `neurofuse register` and `fuse --register` 
 Procedure: a moments-centred initial rigid transform (Euler; in 2D started at the best of the angles
 -30..30 degrees in 5-degree steps), then a three-level pyramid (shrink 4, 2, 1; smoothing 2, 1, 0
 pixels) of regular-step gradient descent on Mattes MI (32 bins; every pixel in 2D, 10% random voxels
-with a fixed seed in 3D); `affine` continues from the rigid result with a full affine matrix on the
-last two levels. Capture range: rotations up to about 30 degrees in 2D, about 10 degrees per axis in 3D,
-shifts of a tenth of the field of view. Mutual information can prefer a wrong pose when one image is a
-nearly featureless blob (low-resolution SPECT): check the result (the fusion shows it at once).
+with a fixed seed in 3D; one thread, see below); `affine` continues from the rigid result with a full
+affine matrix on the last two levels. Capture range: rotations up to about 30 degrees in 2D, about 10
+degrees per axis in 3D, shifts of a tenth of the field of view. Mutual information can prefer a wrong
+pose when one image is a nearly featureless blob (low-resolution SPECT): check the result (the fusion
+shows it at once).
+Reproducibility: ITK splits the metric's sums across threads, and the split (so the rounding, so the
+path of the optimiser) depends on the thread count and scheduling; with two threads the same 2D pair
+ended up to 0.7 px apart between runs. Registration runs ITK on one thread by default (`threads=1`), so a
+pair gives the same transform on every run and machine; more threads are faster, not reproducible.
 Tests misalign real pairs by known rotations, shifts and scales and check the recovered transform
 (`tests/test_registration.py`; tolerances there and in the README).
 """
@@ -129,10 +134,11 @@ def _best_angle(fixed, moving, rigid, bins: int, shrink: int = 4):
 
 
 def register_transform(fixed: Image, moving: Image, kind: str = "rigid", *, iterations: int = 300, seed: int = 0,
-                       sampling: float | None = None, bins: int = 32) -> tuple[object, float]:
+                       sampling: float | None = None, bins: int = 32, threads: int = 1) -> tuple[object, float]:
     """(transform fixed point -> moving point, final metric) of a `kind` registration (see the module).
 
-    `sampling`: share of the fixed voxels the metric samples (default every pixel in 2D, 10% in 3D)."""
+    `sampling`: share of the fixed voxels the metric samples (default every pixel in 2D, 10% in 3D);
+    `threads`: ITK's threads while it runs (1: the same result on every run and machine)."""
     import SimpleITK as sitk
 
     if kind not in KINDS:
@@ -144,6 +150,8 @@ def register_transform(fixed: Image, moving: Image, kind: str = "rigid", *, iter
     sampling = (1.0 if dim == 2 else 0.1) if sampling is None else sampling
     f, m = _intensity(fixed), _intensity(moving)
     euler = sitk.Euler2DTransform() if dim == 2 else sitk.Euler3DTransform()
+    saved = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)  # every filter and the metric (the module)
     try:
         init = sitk.CenteredTransformInitializer(f, m, euler, sitk.CenteredTransformInitializerFilter.MOMENTS)
         rigid = _best_angle(f, m, sitk.Euler2DTransform(init), bins) if dim == 2 else sitk.Euler3DTransform(init)
@@ -159,6 +167,8 @@ def register_transform(fixed: Image, moving: Image, kind: str = "rigid", *, iter
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{fixed.path} and {moving.path}: registration failed ({msg}); do the images overlap?") \
             from None
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(saved)
 
 
 def apply_transform(fixed: Image, moving: Image, transform) -> Image:

@@ -413,7 +413,8 @@ def _prep(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.T
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device,
              channels_last: bool = False) -> dict[str, float]:
-    """Mean validation loss, loss terms and (when available) `clinicalfmamba` preset metrics (+ Qabf in 2D).
+    """Mean validation loss, loss terms and (when available) `clinicalfmamba` preset metrics, plus Qabf in
+    2D and in 3D the average gradient AG (sharpness) of the fused volume and of the sources (AG_a, AG_b).
 
     With `cfg.val_limit` N, N items evenly spaced over the (id-sorted) set, so every case is represented.
     """
@@ -436,6 +437,9 @@ def evaluate(model: nn.Module, data: Dataset, cfg: TrainConfig, device: torch.de
             row.update({f"val_{k}": float(v) for k, v in metrics(*arr, preset="clinicalfmamba").items()})
             if a.ndim == 4:  # 2D: Petrovic's edge-preservation Qabf too, for the learning curves
                 row["val_Qabf"] = float(metrics(*arr, metrics=["Qabf"], preset="standard")["Qabf"])
+            else:  # 3D: sharpness, the average gradient of the fused volume and of each source
+                for key, vol in (("AG", arr[2]), ("AG_a", arr[0]), ("AG_b", arr[1])):
+                    row[f"val_{key}"] = float(metrics(arr[0], arr[1], vol, metrics=["AG"], preset="standard")["AG"])
         for k, v in row.items():
             sums[k] = sums.get(k, 0.0) + v
     model.train(was_training)
