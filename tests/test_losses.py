@@ -90,6 +90,19 @@ def test_l1_and_l2_differ():
         fusion_loss(f, a, b, 2, norm="l3")
 
 
+def test_3d_gradient_target_max_abs_follows_the_stronger_edge():
+    """f = a, b = a / 2: a's responses are the stronger everywhere, so the max-abs target is a's and the
+    gradient term is 0; the release's signed max takes b's weaker response wherever a's is negative."""
+    a = _img(SHAPES[3], 0)
+    b = a / 2
+    assert fusion_loss(a, a, b, 3, gradient_target="max_abs")[1]["gradient"] == 0.0
+    assert fusion_loss(a, a, b, 3)[1]["gradient"] > 1e-4
+    with pytest.raises(ValueError, match="gradient_target"):
+        fusion_loss(a, a, b, 3, gradient_target="min")
+    with pytest.raises(ValueError, match="3D loss"):
+        fusion_loss(a[..., 0], a[..., 0], b[..., 0], 2, gradient_target="max_abs")
+
+
 def test_loss_is_float32_exact_under_bf16_autocast():
     """SSIM's variance terms cancel in bf16; the loss must not change inside an autocast region."""
     from neurofuse.losses import fusion_loss_2d
@@ -129,3 +142,17 @@ def test_model_trains_with_its_configured_loss_weights():
     loss, terms = ssim_only.training_loss(a, b)
     assert loss.item() == pytest.approx(terms["ssim"], rel=1e-5)
     assert plain.training_loss(a, b)[1] == pytest.approx(terms, rel=1e-5)
+
+
+def test_3d_model_trains_with_its_configured_gradient_target():
+    from neurofuse.models import create_model
+
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(1, 1, 16, 16, 16, generator=g), torch.rand(1, 1, 16, 16, 16, generator=g)
+    torch.manual_seed(0)
+    model = create_model("clinicalfmamba_3d_tiny", loss_gradient_target="max_abs")
+    _, terms = model.training_loss(a, b)
+    with torch.no_grad():
+        f = model(a, b)
+    assert terms == pytest.approx(fusion_loss(f, a, b, 3, gradient_target="max_abs")[1], rel=1e-5)
+    assert terms["gradient"] != pytest.approx(fusion_loss(f, a, b, 3)[1]["gradient"], rel=1e-3)

@@ -4,7 +4,9 @@
      with Sobel magnitude |Gx| + |Gy| and the gradient norm L1 (release) or L2 (slides).
 3D:  2 * L1(F, max(A, B)) + 10 * G3 + 1 * (1 - (SSIM3D(A,F) + SSIM3D(B,F)) / 2), G3 the mean squared
      difference of signed slice-wise Sobel responses of F and the voxel-wise max of the sources'
-     responses, over the axial, coronal and sagittal planes.
+     responses, over the axial, coronal and sagittal planes (release). `gradient_target="max_abs"`
+     takes instead, voxel-wise, the response of the source whose magnitude is larger (the choose-max rule
+     of wavelet fusion): the signed max prefers the weaker edge wherever both responses are negative.
 SSIM: Gaussian window 11 (11^3 in 3D), sigma 1.5, C1 = (0.01 R)^2, C2 = (0.03 R)^2, valid region only.
 All tensors are (N, C, *S) with values in [0, 1].
 """
@@ -133,16 +135,25 @@ def fusion_loss_2d(
     return _combine(weights, intensity, grad, ssim_term)
 
 
+GRADIENT_TARGETS = ("max", "max_abs")
+
+
 def fusion_loss_3d(
-    f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights=(2.0, 10.0, 1.0)
+    f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights=(2.0, 10.0, 1.0), gradient_target: str = "max"
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """3D ClinicalFMamba loss of fused f and sources a, b (N, 1, D, H, W); returns (loss, terms)."""
+    """3D ClinicalFMamba loss of fused f and sources a, b (N, 1, D, H, W); returns (loss, terms).
+
+    `gradient_target`: "max" (the release: signed max of the sources' responses) or "max_abs" (the
+    response of larger magnitude)."""
+    if gradient_target not in GRADIENT_TARGETS:
+        raise ValueError(f"gradient_target must be one of {GRADIENT_TARGETS}, got {gradient_target!r}")
     f, a, b = f.float(), a.float(), b.float()
     intensity = F.l1_loss(f, torch.maximum(a, b))
     grads = []
     for plane in ((1, 2), (0, 2), (0, 1)):  # axial (H, W), coronal (D, W), sagittal (D, H)
         for axis, smooth in (plane, plane[::-1]):
-            target = torch.maximum(sobel(a, axis, smooth), sobel(b, axis, smooth))
+            ga, gb = sobel(a, axis, smooth), sobel(b, axis, smooth)
+            target = torch.maximum(ga, gb) if gradient_target == "max" else torch.where(ga.abs() >= gb.abs(), ga, gb)
             grads.append(F.mse_loss(sobel(f, axis, smooth), target))
     grad = torch.stack(grads).mean()
     ssim_term = 1 - (ssim(a, f, 3) + ssim(b, f, 3)) / 2
@@ -158,9 +169,10 @@ def _combine(weights, intensity, grad, ssim_term) -> tuple[torch.Tensor, dict[st
 
 def fusion_loss(
     f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, spatial_dims: int, norm: str = "l1",
-    weights: tuple[float, float, float] | None = None,
+    weights: tuple[float, float, float] | None = None, gradient_target: str = "max",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The ClinicalFMamba loss for `spatial_dims` 2 (with gradient norm `norm`) or 3.
+    """The ClinicalFMamba loss for `spatial_dims` 2 (with gradient norm `norm`) or 3 (with
+    `gradient_target`, see `fusion_loss_3d`).
 
     `weights` (intensity, gradient, SSIM) replaces the release's weights of that dimensionality
     ((2, 10, 5) in 2D, (2, 10, 1) in 3D) when given."""
@@ -168,7 +180,9 @@ def fusion_loss(
         raise ValueError(f"loss weights must be three non-negative numbers, got {weights!r}")
     extra = {} if weights is None else {"weights": tuple(float(w) for w in weights)}
     if spatial_dims == 2:
+        if gradient_target != "max":
+            raise ValueError("gradient_target applies to the 3D loss; the 2D loss compares Sobel magnitudes")
         return fusion_loss_2d(f, a, b, norm=norm, **extra)
     if spatial_dims == 3:
-        return fusion_loss_3d(f, a, b, **extra)
+        return fusion_loss_3d(f, a, b, gradient_target=gradient_target, **extra)
     raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")

@@ -64,6 +64,7 @@ class ClinicalFMambaConfig:
     act: str = "leaky_relu"  # decoder activation: "leaky_relu" | "relu"
     loss_norm: str = "l1"  # 2D gradient-loss norm: "l1" (release) | "l2" (slides)
     loss_weights: tuple[float, float, float] | None = None  # (intensity, gradient, SSIM); None: the release's
+    loss_gradient_target: str = "max"  # 3D gradient-loss target: "max" (release) | "max_abs" (losses.py)
 
     def __post_init__(self) -> None:
         if len(self.widths) != len(self.dilations):
@@ -226,7 +227,8 @@ class ClinicalFMamba(nn.Module):
 
     def training_loss(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Fuse a and b and return the paper's loss for this dimensionality and its named terms."""
-        return fusion_loss(self(a, b), a, b, self.spatial_dims, norm=self.cfg.loss_norm, weights=self.cfg.loss_weights)
+        return fusion_loss(self(a, b), a, b, self.spatial_dims, norm=self.cfg.loss_norm, weights=self.cfg.loss_weights,
+                           gradient_target=self.cfg.loss_gradient_target)
 
 
 def _planes(fn, x: torch.Tensor, r0: int, r1: int, halo: int) -> torch.Tensor:
