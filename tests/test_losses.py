@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from neurofuse.losses import fusion_loss, sobel, sobel_magnitude, ssim
 
@@ -150,9 +151,46 @@ def test_3d_model_trains_with_its_configured_gradient_target():
     g = torch.Generator().manual_seed(3)
     a, b = torch.rand(1, 1, 16, 16, 16, generator=g), torch.rand(1, 1, 16, 16, 16, generator=g)
     torch.manual_seed(0)
-    model = create_model("clinicalfmamba_3d_tiny", loss_gradient_target="max_abs")
+    model = create_model("clinicalfmamba_3d_tiny", loss_gradient_target="max_abs", loss_similarity="ms_ssim")
     _, terms = model.training_loss(a, b)
     with torch.no_grad():
         f = model(a, b)
-    assert terms == pytest.approx(fusion_loss(f, a, b, 3, gradient_target="max_abs")[1], rel=1e-5)
+    assert terms == pytest.approx(fusion_loss(f, a, b, 3, gradient_target="max_abs", similarity="ms_ssim")[1], rel=1e-5)
     assert terms["gradient"] != pytest.approx(fusion_loss(f, a, b, 3)[1]["gradient"], rel=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 70, 53), (1, 1, 45, 50, 47), (1, 1, 64, 64, 64)])
+def test_ms_ssim_equals_the_metric_and_has_gradients(shape):
+    """The loss's differentiable MS-SSIM is the metrics' MS_SSIM (numpy, float64) on the same pair,
+    odd sides (zero-padded pooling) and 3 or 4 scales included; its gradient is finite."""
+    from neurofuse.losses import ms_ssim
+    from neurofuse.metrics.structural import ms_ssim_pair
+
+    g = torch.Generator().manual_seed(4)
+    nd = len(shape) - 2
+    pool = {2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
+    a = pool(torch.rand(shape, generator=g), 3, 1, 1)
+    b = (0.8 * a + 0.2 * torch.rand(shape, generator=g)).requires_grad_()
+    value = ms_ssim(a, b, nd)
+    assert value.item() == pytest.approx(ms_ssim_pair(a[0, 0].numpy(), b[0, 0].detach().numpy(), 1.0), abs=1e-5)
+    value.backward()
+    assert torch.isfinite(b.grad).all() and float(b.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="every side >= 11"):
+        ms_ssim(a[..., :10], b[..., :10], nd)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_similarity_ms_ssim_replaces_the_structure_term(nd):
+    from neurofuse.losses import ms_ssim
+
+    g = torch.Generator().manual_seed(5)
+    shape = (1, 1, *([24] * nd))
+    f, a, b = (torch.rand(shape, generator=g) for _ in range(3))
+    _, release = fusion_loss(f, a, b, nd)
+    _, multi = fusion_loss(f, a, b, nd, similarity="ms_ssim")
+    assert multi["ssim"] == pytest.approx(float(1 - (ms_ssim(a, f, nd) + ms_ssim(b, f, nd)) / 2), rel=1e-6)
+    assert multi["ssim"] != pytest.approx(release["ssim"], rel=1e-3)
+    assert {k: multi[k] for k in ("intensity", "gradient")} == pytest.approx(
+        {k: release[k] for k in ("intensity", "gradient")})
+    with pytest.raises(ValueError, match="similarity"):
+        fusion_loss(f, a, b, nd, similarity="psnr")

@@ -8,6 +8,8 @@
      takes instead, voxel-wise, the response of the source whose magnitude is larger (the choose-max rule
      of wavelet fusion): the signed max prefers the weaker edge wherever both responses are negative.
 SSIM: Gaussian window 11 (11^3 in 3D), sigma 1.5, C1 = (0.01 R)^2, C2 = (0.03 R)^2, valid region only.
+`similarity="ms_ssim"` replaces SSIM by the metrics' multi-scale SSIM in the structure term, whose finest
+scale has 5-7% of the weight: single-scale SSIM to two sources with different edges favours their blur.
 All tensors are (N, C, *S) with values in [0, 1].
 """
 
@@ -67,22 +69,56 @@ def ssim(
     if x.shape != y.shape or x.dim() != spatial_dims + 2:
         raise ValueError(f"ssim: expected two (N, C, *S) tensors with {spatial_dims} spatial dims, "
                          f"got {tuple(x.shape)} and {tuple(y.shape)}")
-    x, y = x.float(), y.float()
     win = min(window, *x.shape[2:])
     win -= 1 - win % 2
-    g = _gauss1d(win, sigma, x.device, x.dtype)
-    ks = [g] * spatial_dims
-    stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1)
-    mu_x, mu_y, exx, eyy, exy = _separable(stacked, ks).chunk(5, dim=1)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    vx, vy, cov = exx - mu_x**2, eyy - mu_y**2, exy - mu_x * mu_y
-    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (vx + vy + c2))
-    per_item = s.flatten(1).mean(1)
+    per_item = _ssim_cs(x, y, spatial_dims, win, sigma, data_range)[0]
     if reduction == "none":
         return per_item
     if reduction == "mean":
         return per_item.mean()
     raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+
+
+def _ssim_cs(x: torch.Tensor, y: torch.Tensor, spatial_dims: int, win: int, sigma: float,
+             data_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per item (N,): mean SSIM and mean contrast-structure over the valid region of a `win` Gaussian."""
+    x, y = x.float(), y.float()
+    g = _gauss1d(win, sigma, x.device, x.dtype)
+    stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1)
+    mu_x, mu_y, exx, eyy, exy = _separable(stacked, [g] * spatial_dims).chunk(5, dim=1)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    vx, vy, cov = exx - mu_x**2, eyy - mu_y**2, exy - mu_x * mu_y
+    cs = (2 * cov + c2) / (vx + vy + c2)
+    s = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs
+    return s.flatten(1).mean(1), cs.flatten(1).mean(1)
+
+
+def ms_ssim(x: torch.Tensor, y: torch.Tensor, spatial_dims: int, window: int = 11, sigma: float = 1.5,
+            data_range: float = 1.0) -> torch.Tensor:
+    """Mean multi-scale SSIM of x and y (N, C, *S), the metrics' MS_SSIM (metrics.structural.ms_ssim_pair):
+    up to five scales with Wang et al.'s weights, as many as keep the smallest side >= `window` (renormalised:
+    3 for 64^3 patches, 4 for 96^3 to 160^3 volumes), contrast-structure at all but the coarsest scale, each
+    factor floored just above 0 (the metric clips at 0; a floor keeps the power's gradient finite)."""
+    from neurofuse.metrics.structural import MS_SSIM_WEIGHTS
+
+    if x.shape != y.shape or x.dim() != spatial_dims + 2 or min(x.shape[2:]) < window:
+        raise ValueError(f"ms_ssim: expected two (N, C, *S) tensors with {spatial_dims} spatial dims and every "
+                         f"side >= {window}, got {tuple(x.shape)} and {tuple(y.shape)}")
+    levels = 5
+    while levels > 1 and min(x.shape[2:]) // 2 ** (levels - 1) < window:
+        levels -= 1
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], dtype=torch.float32, device=x.device)
+    weights = weights / weights.sum()
+    pool = {2: F.avg_pool2d, 3: F.avg_pool3d}[spatial_dims]
+    x, y = x.float(), y.float()
+    factors = []
+    for level in range(levels):
+        s, cs = _ssim_cs(x, y, spatial_dims, window, sigma, data_range)
+        factors.append((s if level == levels - 1 else cs).clamp_min(1e-6))
+        if level < levels - 1:
+            pads = [side % 2 for side in x.shape[2:]]  # odd sides padded with zeros, as the metric does
+            x, y = (pool(t, 2, 2, padding=pads, count_include_pad=True) for t in (x, y))
+    return torch.prod(torch.stack(factors, 0) ** weights[:, None], 0).mean()
 
 
 def sobel(x: torch.Tensor, axis: int, smooth_axis: int) -> torch.Tensor:
@@ -121,30 +157,44 @@ def weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> t
     return loss, {k: float(v.detach()) for k, v in terms.items()}
 
 
+SIMILARITIES = ("ssim", "ms_ssim")
+
+
+def _similarity_term(f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, similarity: str) -> torch.Tensor:
+    """1 - the mean of sim(A, F) and sim(B, F), sim SSIM (release) or MS-SSIM (`ms_ssim`)."""
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    nd = f.dim() - 2
+    sim = ssim if similarity == "ssim" else ms_ssim
+    return 1 - (sim(a, f, nd) + sim(b, f, nd)) / 2
+
+
 def fusion_loss_2d(
-    f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, norm: str = "l1", weights=(2.0, 10.0, 5.0)
+    f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, norm: str = "l1", weights=(2.0, 10.0, 5.0),
+    similarity: str = "ssim",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """2D ClinicalFMamba loss of fused f and sources a, b (N, 1, H, W); returns (loss, terms)."""
+    """2D ClinicalFMamba loss of fused f and sources a, b (N, 1, H, W); returns (loss, terms).
+    `similarity`: the structure term's SSIM ("ssim", the release) or MS-SSIM ("ms_ssim")."""
     if norm not in ("l1", "l2"):
         raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
     f, a, b = f.float(), a.float(), b.float()
     intensity = F.l1_loss(f, torch.maximum(a, b))
     gf, gt = sobel_magnitude(f), torch.maximum(sobel_magnitude(a), sobel_magnitude(b))
     grad = F.l1_loss(gf, gt) if norm == "l1" else F.mse_loss(gf, gt)
-    ssim_term = 1 - (ssim(a, f, 2) + ssim(b, f, 2)) / 2
-    return _combine(weights, intensity, grad, ssim_term)
+    return _combine(weights, intensity, grad, _similarity_term(f, a, b, similarity))
 
 
 GRADIENT_TARGETS = ("max", "max_abs")
 
 
 def fusion_loss_3d(
-    f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights=(2.0, 10.0, 1.0), gradient_target: str = "max"
+    f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights=(2.0, 10.0, 1.0), gradient_target: str = "max",
+    similarity: str = "ssim",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """3D ClinicalFMamba loss of fused f and sources a, b (N, 1, D, H, W); returns (loss, terms).
 
     `gradient_target`: "max" (the release: signed max of the sources' responses) or "max_abs" (the
-    response of larger magnitude)."""
+    response of larger magnitude); `similarity`: as in `fusion_loss_2d`."""
     if gradient_target not in GRADIENT_TARGETS:
         raise ValueError(f"gradient_target must be one of {GRADIENT_TARGETS}, got {gradient_target!r}")
     f, a, b = f.float(), a.float(), b.float()
@@ -156,8 +206,7 @@ def fusion_loss_3d(
             target = torch.maximum(ga, gb) if gradient_target == "max" else torch.where(ga.abs() >= gb.abs(), ga, gb)
             grads.append(F.mse_loss(sobel(f, axis, smooth), target))
     grad = torch.stack(grads).mean()
-    ssim_term = 1 - (ssim(a, f, 3) + ssim(b, f, 3)) / 2
-    return _combine(weights, intensity, grad, ssim_term)
+    return _combine(weights, intensity, grad, _similarity_term(f, a, b, similarity))
 
 
 def _combine(weights, intensity, grad, ssim_term) -> tuple[torch.Tensor, dict[str, float]]:
@@ -169,10 +218,10 @@ def _combine(weights, intensity, grad, ssim_term) -> tuple[torch.Tensor, dict[st
 
 def fusion_loss(
     f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, spatial_dims: int, norm: str = "l1",
-    weights: tuple[float, float, float] | None = None, gradient_target: str = "max",
+    weights: tuple[float, float, float] | None = None, gradient_target: str = "max", similarity: str = "ssim",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The ClinicalFMamba loss for `spatial_dims` 2 (with gradient norm `norm`) or 3 (with
-    `gradient_target`, see `fusion_loss_3d`).
+    `gradient_target`, see `fusion_loss_3d`); `similarity` "ssim" (release) or "ms_ssim" in both.
 
     `weights` (intensity, gradient, SSIM) replaces the release's weights of that dimensionality
     ((2, 10, 5) in 2D, (2, 10, 1) in 3D) when given."""
@@ -182,7 +231,7 @@ def fusion_loss(
     if spatial_dims == 2:
         if gradient_target != "max":
             raise ValueError("gradient_target applies to the 3D loss; the 2D loss compares Sobel magnitudes")
-        return fusion_loss_2d(f, a, b, norm=norm, **extra)
+        return fusion_loss_2d(f, a, b, norm=norm, similarity=similarity, **extra)
     if spatial_dims == 3:
-        return fusion_loss_3d(f, a, b, gradient_target=gradient_target, **extra)
+        return fusion_loss_3d(f, a, b, gradient_target=gradient_target, similarity=similarity, **extra)
     raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
