@@ -71,3 +71,22 @@ def test_stages_continue_the_counts(tmp_path):
     assert res.exit_code == 0, res.output
     with open(tmp_path / "x.csv", newline="", encoding="utf-8") as fh:
         assert [float(r["pixels"]) for r in csv.DictReader(fh)] == [6000]
+
+
+def test_3d_sharpness_panel_shows_the_sources_levels(tmp_path):
+    """A 3D log's AG panel carries the sources' AG (val_AG_a / val_AG_b of the last row that has them) as
+    reference lines, and logs without AG (older stages) still plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [{"step": s, "pixels": s * 1000, "val_items": 2, "val_MS_SSIM": 0.7, "val_PSNR": 20.0, "val_EN": 4.0,
+             **({"val_AG": 3.0 + s / 10, "val_AG_a": 3.5, "val_AG_b": 3.9} if s > 1 else {})} for s in (1, 2, 3)]
+    stages = [_log(tmp_path / "s1", rows[:1]), _log(tmp_path / "s2", rows[1:])]
+    seen = []
+    real = plt.Axes.axhline
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plt.Axes, "axhline", lambda self, y, **kw: seen.append(y) or real(self, y, **kw))
+        plot_learning_curves({"3d": stages}, tmp_path / "c.png")
+    assert seen == [3.5, 3.9] and (tmp_path / "c.png").stat().st_size > 0

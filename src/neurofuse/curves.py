@@ -1,9 +1,10 @@
 """Learning curves: validation metrics of training runs against the training pixels (voxels) they saw.
 
-Reads the `log.csv` every run writes (one row per validation; `neurofuse.train`), from a run folder or
-a committed snapshot, and draws one panel per metric with a line per run, so one can see whether more
-training still pays. Rows validated on the whole val split (a run's stops) are drawn as filled markers,
-rows on the periodic subset as a line; both are kept in the CSV/Markdown table of each run's last row.
+Reads the `log.csv` every run writes (one row per validation; `neurofuse.train`), from a run folder or a
+committed snapshot, and draws one panel per metric with a line per run, so one can see whether more
+training still pays (3D: AG, the sharpness, with the sources' own AG as dashed lines). Rows validated on
+the whole val split (a run's stops) are drawn as filled markers, rows on the periodic subset as a line;
+both are kept in the CSV/Markdown table of each run's last row.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from neurofuse.errors import InputError
 from neurofuse.io import atomic_write_path, write_csv, write_text
 
 DEFAULT_METRICS = ("val_SSIM", "val_PSNR", "val_FMI", "val_Qabf")  # 2D runs
-METRICS_3D = ("val_MS_SSIM", "val_PSNR", "val_EN")  # 3D runs validate these (no FMI, no Qabf)
+METRICS_3D = ("val_MS_SSIM", "val_PSNR", "val_EN", "val_AG")  # 3D runs validate these (no FMI, no Qabf)
+_SOURCE_LEVELS = {"val_AG": ("val_AG_a", "val_AG_b")}  # drawn as dashed lines: the sources' own values
 
 
 def metrics_in(logs: list[list[dict[str, float]]]) -> tuple[str, ...]:
@@ -94,6 +96,10 @@ def plot_learning_curves(runs: dict[str, Stages], out: str | Path, metrics: tupl
             if whole:
                 ax.plot(*zip(*whole, strict=True), "o", color=None if line is None else line.get_color(),
                         label=f"{label} (whole val split)")
+        for i, key in enumerate(_SOURCE_LEVELS.get(metric, ())):
+            level = next((r[key] for rows in logs.values() for r in reversed(rows) if key in r), None)
+            if level is not None:
+                ax.axhline(level, color="gray", ls="--" if i == 0 else ":", lw=1, label=f"source {'AB'[i]}")
         ax.set_title(metric.removeprefix("val_"))
         ax.set_xlabel("training pixels seen" if x == "pixels" else x)
         ax.grid(alpha=0.3)
