@@ -100,7 +100,7 @@ def test_3d_gradient_target_max_abs_follows_the_stronger_edge():
     assert fusion_loss(a, a, b, 3)[1]["gradient"] > 1e-4
     with pytest.raises(ValueError, match="gradient_target"):
         fusion_loss(a, a, b, 3, gradient_target="min")
-    with pytest.raises(ValueError, match="3D loss"):
+    with pytest.raises(ValueError, match="3D loss only"):
         fusion_loss(a[..., 0], a[..., 0], b[..., 0], 2, gradient_target="max_abs")
 
 
@@ -194,3 +194,23 @@ def test_similarity_ms_ssim_replaces_the_structure_term(nd):
         {k: release[k] for k in ("intensity", "gradient")})
     with pytest.raises(ValueError, match="similarity"):
         fusion_loss(f, a, b, nd, similarity="psnr")
+
+
+def test_mean_base_intensity_term_wants_the_sources_mean_below_the_detail_scale():
+    """"mean_base" is 0 for F = (A + B) / 2 and for F = that mean plus detail the Gaussian removes
+    (a checkerboard, near zero after the low-pass), but not for F = max(A, B); the release's "max" is the
+    plain L1 to max(A, B)."""
+    from neurofuse.losses import intensity_term, low_pass
+
+    g = torch.Generator().manual_seed(6)
+    a, b = (F.avg_pool3d(torch.rand(1, 1, 16, 16, 16, generator=g), 5, 1, 2) for _ in range(2))
+    mean = (a + b) / 2
+    idx = torch.arange(16)
+    checker = 0.05 * (-1.0) ** (idx[:, None, None] + idx[None, :, None] + idx[None, None, :]).float()
+    assert float(intensity_term(mean, a, b, "mean_base")) == 0.0
+    assert float(low_pass(checker[None, None])[..., 3:-3, 3:-3, 3:-3].abs().max()) < 0.001  # borders: replicate
+    assert float(intensity_term(mean + checker, a, b, "mean_base")) < 0.002
+    assert float(intensity_term(torch.maximum(a, b), a, b, "mean_base")) > 0.01
+    assert float(intensity_term(a, a, b)) == pytest.approx(float((a - torch.maximum(a, b)).abs().mean()))
+    with pytest.raises(ValueError, match="intensity_target"):
+        intensity_term(a, a, b, "min")

@@ -15,6 +15,8 @@ All tensors are (N, C, *S) with values in [0, 1].
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -185,20 +187,39 @@ def fusion_loss_2d(
 
 
 GRADIENT_TARGETS = ("max", "max_abs")
+INTENSITY_TARGETS = ("max", "mean_base")
+BASE_SIGMA = 1.0  # "mean_base": the Gaussian (window 7) whose low-pass F must share with the mean of A, B
+
+
+def low_pass(x: torch.Tensor, sigma: float = BASE_SIGMA) -> torch.Tensor:
+    """Gaussian low-pass of x (N, C, *S), window 2 ceil(3 sigma) + 1, replicate border, same size."""
+    g = _gauss1d(2 * math.ceil(3 * sigma) + 1, sigma, x.device, torch.float32)
+    return _separable(x, [g] * (x.dim() - 2), padding="replicate")
+
+
+def intensity_term(f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, target: str = "max") -> torch.Tensor:
+    """L1 of F to max(A, B) (release, "max"), or of F's low-pass to the low-pass of (A + B) / 2
+    ("mean_base": the base of the fusion is the sources' mean, its detail is left to the gradient term)."""
+    if target not in INTENSITY_TARGETS:
+        raise ValueError(f"intensity_target must be one of {INTENSITY_TARGETS}, got {target!r}")
+    if target == "max":
+        return F.l1_loss(f, torch.maximum(a, b))
+    return F.l1_loss(low_pass(f), low_pass((a + b) / 2))
 
 
 def fusion_loss_3d(
     f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights=(2.0, 10.0, 1.0), gradient_target: str = "max",
-    similarity: str = "ssim",
+    similarity: str = "ssim", intensity_target: str = "max",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """3D ClinicalFMamba loss of fused f and sources a, b (N, 1, D, H, W); returns (loss, terms).
 
     `gradient_target`: "max" (the release: signed max of the sources' responses) or "max_abs" (the
-    response of larger magnitude); `similarity`: as in `fusion_loss_2d`."""
+    response of larger magnitude); `similarity`: as in `fusion_loss_2d`; `intensity_target`: see
+    `intensity_term`."""
     if gradient_target not in GRADIENT_TARGETS:
         raise ValueError(f"gradient_target must be one of {GRADIENT_TARGETS}, got {gradient_target!r}")
     f, a, b = f.float(), a.float(), b.float()
-    intensity = F.l1_loss(f, torch.maximum(a, b))
+    intensity = intensity_term(f, a, b, intensity_target)
     grads = []
     for plane in ((1, 2), (0, 2), (0, 1)):  # axial (H, W), coronal (D, W), sagittal (D, H)
         for axis, smooth in (plane, plane[::-1]):
@@ -219,9 +240,11 @@ def _combine(weights, intensity, grad, ssim_term) -> tuple[torch.Tensor, dict[st
 def fusion_loss(
     f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, spatial_dims: int, norm: str = "l1",
     weights: tuple[float, float, float] | None = None, gradient_target: str = "max", similarity: str = "ssim",
+    intensity_target: str = "max",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The ClinicalFMamba loss for `spatial_dims` 2 (with gradient norm `norm`) or 3 (with
-    `gradient_target`, see `fusion_loss_3d`); `similarity` "ssim" (release) or "ms_ssim" in both.
+    `gradient_target` and `intensity_target`, see `fusion_loss_3d`); `similarity` "ssim" (release) or
+    "ms_ssim" in both.
 
     `weights` (intensity, gradient, SSIM) replaces the release's weights of that dimensionality
     ((2, 10, 5) in 2D, (2, 10, 1) in 3D) when given."""
@@ -229,9 +252,10 @@ def fusion_loss(
         raise ValueError(f"loss weights must be three non-negative numbers, got {weights!r}")
     extra = {} if weights is None else {"weights": tuple(float(w) for w in weights)}
     if spatial_dims == 2:
-        if gradient_target != "max":
-            raise ValueError("gradient_target applies to the 3D loss; the 2D loss compares Sobel magnitudes")
+        if gradient_target != "max" or intensity_target != "max":
+            raise ValueError("gradient_target and intensity_target apply to the 3D loss only")
         return fusion_loss_2d(f, a, b, norm=norm, similarity=similarity, **extra)
     if spatial_dims == 3:
-        return fusion_loss_3d(f, a, b, gradient_target=gradient_target, similarity=similarity, **extra)
+        return fusion_loss_3d(f, a, b, gradient_target=gradient_target, similarity=similarity,
+                              intensity_target=intensity_target, **extra)
     raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")

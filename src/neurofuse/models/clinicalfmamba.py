@@ -66,6 +66,7 @@ class ClinicalFMambaConfig:
     loss_weights: tuple[float, float, float] | None = None  # (intensity, gradient, SSIM); None: the release's
     loss_gradient_target: str = "max"  # 3D gradient-loss target: "max" (release) | "max_abs" (losses.py)
     loss_similarity: str = "ssim"  # structure term: "ssim" (release) | "ms_ssim" (losses.py)
+    loss_intensity_target: str = "max"  # 3D intensity term: "max" (release) | "mean_base" (losses.py)
 
     def __post_init__(self) -> None:
         if len(self.widths) != len(self.dilations):
@@ -229,7 +230,8 @@ class ClinicalFMamba(nn.Module):
     def training_loss(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Fuse a and b and return the paper's loss for this dimensionality and its named terms."""
         return fusion_loss(self(a, b), a, b, self.spatial_dims, norm=self.cfg.loss_norm, weights=self.cfg.loss_weights,
-                           gradient_target=self.cfg.loss_gradient_target, similarity=self.cfg.loss_similarity)
+                           gradient_target=self.cfg.loss_gradient_target, similarity=self.cfg.loss_similarity,
+                           intensity_target=self.cfg.loss_intensity_target)
 
 
 def _planes(fn, x: torch.Tensor, r0: int, r1: int, halo: int) -> torch.Tensor:
