@@ -19,6 +19,7 @@ registered model (`clinicalfmamba_3d`, `clinicalfmamba_3d_tiny`), run through `n
 learned method with `weights=WEIGHTS`; the architecture options it was trained with (`model_args`, e.g.
 `scan: single`) come from the file's metadata. `-O KEY=VALUE` options go to every learned row (e.g.
 `-O crop=false`: the whole volume in one pass, the trainer's validation forward; `-O device=cuda`).
+`--variant LABEL=METHOD:KEY=VALUE[,KEY=VALUE]` adds a row of a method with options (`laplacian:levels=1`).
 
 Metrics (presets `clinicalfmamba` and `standard`): PSNR, MS_SSIM, EN, AG and EN_unique (flagged) on the
 whole volume (AG, the 3D average gradient, measures sharpness; summary.md gives the sources' AG beside it);
@@ -283,13 +284,25 @@ class Entry:
 
 
 def parse_entries(args: argparse.Namespace, ap: argparse.ArgumentParser) -> list[Entry]:
-    """The rows: `--method` (default every classical method), then each `--learned LABEL=NAME:WEIGHTS`."""
+    """The rows: `--method` (default every classical method), each `--variant LABEL=METHOD:KEY=VALUE,...`
+    (a method with options), then each `--learned LABEL=NAME:WEIGHTS`."""
     from neurofuse.cli.fuse import method_options
     from neurofuse.fusion import get_method, list_methods
 
     opts = method_options(tuple(args.option))
     names = args.method or [m.name for m in list_methods("classical")]
     entries = [Entry(m, m, opts if get_method(m).kind == "learned" else {}) for m in names]
+    for spec in args.variant:
+        label, sep, rest = spec.partition("=")
+        name, _, items = rest.partition(":")
+        if not (sep and label and name):
+            ap.error(f"--variant {spec!r}: expected LABEL=METHOD:KEY=VALUE[,KEY=VALUE]")
+        if name not in {m.name for m in list_methods()}:
+            ap.error(f"--variant {spec!r}: {name} is not a fusion method")
+        try:
+            entries.append(Entry(label, name, method_options(tuple(filter(None, items.split(","))))))
+        except UsageError as exc:
+            ap.error(f"--variant {spec!r}: {exc}")
     for spec in args.learned:
         label, sep, rest = spec.partition("=")
         name, sep2, weights = rest.partition(":")
@@ -428,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--size", type=int, default=None, help="grid edge without --config (default 128)")
     ap.add_argument("--method", action="append", default=None, help="methods (default: every classical one)")
     ap.add_argument("-O", "--option", action="append", default=[], help="KEY=VALUE for the learned rows")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD:KEY=VALUE[,KEY=VALUE]",
+                    help="a row LABEL: a method with these options, e.g. 'Laplacian 1 level=laplacian:levels=1'")
     ap.add_argument("--learned", action="append", default=[], metavar="LABEL=NAME:WEIGHTS",
                     help="a row LABEL: learned method or registered model NAME with these weights (repeatable)")
     ap.add_argument("--threads", type=int, default=None,

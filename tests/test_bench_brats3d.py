@@ -125,14 +125,25 @@ def test_table_on_the_held_out_volumes(brats3d, cohort, tmp_path):
 
 def test_folder_mode_and_usage_errors(brats3d, cohort, tmp_path):
     config, weights, _ = cohort
-    res = brats3d.main(["--data", str(tmp_path / "data"), "--size", "16", "--method", "maximum"])
-    assert [r["case"] for r in res.rows if r["preset"] == "standard"] == [f"BraTS19_SYN_{i:04d}_1" for i in range(3)]
+    res = brats3d.main(["--data", str(tmp_path / "data"), "--size", "16", "--method", "maximum",
+                        "--variant", "lap 1=laplacian:levels=1"], keep_fused=True)
+    cases = [f"BraTS19_SYN_{i:04d}_1" for i in range(3)]
+    assert [(r["method"], r["case"]) for r in res.rows if r["preset"] == "standard"] == [
+        *(("maximum", c) for c in cases), *(("lap 1", c) for c in cases)]
+    from neurofuse.fusion import fuse
+
+    a, b = res.volumes.pairs[cases[0]]  # the variant's row is the method with its options
+    np.testing.assert_array_equal(res.fused[("lap 1", cases[0])], fuse(a, b, "laplacian", levels=1))
+    assert not np.array_equal(res.fused[("lap 1", cases[0])], fuse(a, b, "laplacian"))
     assert all(a.shape == (16, 16, 16) for a, _ in res.volumes.pairs.values()) and not res.files
     for argv in (["--method", "average"],  # neither --config nor --data
                  ["--config", str(config), "--size", "32"],
                  ["--data", ".", "--learned", "no-colon"],
                  ["--data", ".", "--learned", f"x=nope:{weights}"],
-                 ["--data", ".", "--method", "nope"]):
+                 ["--data", ".", "--method", "nope"],
+                 ["--data", ".", "--variant", "x=nope:levels=1"],
+                 ["--data", ".", "--variant", "x=laplacian:levels"],
+                 ["--data", ".", "--method", "average", "--variant", "average=laplacian:levels=1"]):
         with pytest.raises(SystemExit) as exc:
             brats3d.main(argv)
         assert exc.value.code == 2
