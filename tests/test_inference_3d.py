@@ -179,6 +179,22 @@ def test_forward_lowmem_equals_forward(tiny3d, shape, slab):
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(("shape", "slab"), [((1, 1, 21, 18, 27), 2), ((1, 1, 17, 24, 8), 6)])
+def test_forward_lowmem_equals_forward_with_refinement(shape, slab):
+    """The full-resolution refinement (3 convs, 3-plane halo) runs slab by slab in the low-memory forward;
+    its last conv is given non-zero weights so it really acts."""
+    torch.manual_seed(3)
+    model = create_model("clinicalfmamba_3d_tiny", refine=4).eval()
+    torch.nn.init.normal_(model.refine.body[-1].weight, std=0.5)
+    a, b = torch.rand(shape), torch.rand(shape)
+    with torch.no_grad():
+        ref = model(a, b)
+        plain = create_model("clinicalfmamba_3d_tiny").eval()
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("refine.")})
+        assert float((ref - plain(a, b)).abs().max()) > 1e-2
+    torch.testing.assert_close(model.forward_lowmem(a, b, slab=slab), ref, atol=1e-5, rtol=0)
+
+
 def test_forward_lowmem_falls_back_in_2d():
     model = create_model("clinicalfmamba_2d_tiny").eval()
     a, b = torch.rand(1, 1, 20, 24), torch.rand(1, 1, 20, 24)

@@ -575,7 +575,7 @@ class Trainer:
         _check_protocol(model, cfg.model)
         stages = _apply_stage(model, cfg)
         if cfg.init is not None and not cfg.resume:  # starting points: a resume takes its own last weights
-            load_weights(model, resolve_init(cfg.init))
+            load_weights(model, resolve_init(cfg.init), optional=getattr(model, "init_optional", ()))
         snapshot = None if cfg.continue_from is None or cfg.resume else read_snapshot(cfg.continue_from)
         if snapshot is not None:
             load_weights(model, snapshot["weights_path"])

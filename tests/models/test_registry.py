@@ -105,3 +105,20 @@ def test_unknown_pretrained_tag_is_a_usage_error():
         create_model("clinicalfmamba_2d_tiny", pretrained="nope")
     with pytest.raises(UsageError, match="no shipped weights"):
         create_model("clinicalfmamba_2d_tiny", pretrained=True)
+
+
+def test_warm_start_into_a_model_with_the_refinement(tmp_path):
+    """Weights without the refinement load into a model with it only where the caller allows the model's
+    `init_optional` parts to be missing (the trainer's `init:`); the refinement starts as the identity,
+    so the warm-started model fuses exactly as the weights did."""
+    torch.manual_seed(0)
+    plain = create_model("clinicalfmamba_3d_tiny").eval()
+    path = tmp_path / "plain.safetensors"
+    save_file(plain.state_dict(), str(path))
+    refined = create_model("clinicalfmamba_3d_tiny", refine=4).eval()
+    with pytest.raises(InputError, match="missing"):
+        load_weights(refined, path)
+    load_weights(refined, path, optional=refined.init_optional)
+    a, b = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(refined(a, b), plain(a, b), atol=0, rtol=0)

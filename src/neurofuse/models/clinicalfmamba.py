@@ -4,7 +4,8 @@ Our own implementation from the paper and the authors' release (model card: `doc
 code path for 2D and 3D via `spatial_dims`. Siamese CNN encoder (stem conv + stages of [stride-2
 conv + DGCB]) -> per-modality latent Mamba blocks with multi-direction scans -> (2D) token swap
 twice -> cross-modal Mamba both ways -> `Linear((x + y) / 2)` -> (2D) plain Mamba decoder blocks ->
-upsampling stages -> + CMCA both ways on the stem features -> 3x3 conv -> sigmoid.
+upsampling stages -> + CMCA both ways on the stem features -> 3x3 conv -> sigmoid. Optional, ours
+(`refine` > 0, off by default): a full-resolution refinement added to the logits (`Refine`).
 
 Changes from the authors' release: unused layers are left out (their `shallow_fusion` convs, a
 second stem conv, the decoder's spare conv, the 3D single-modality block's five unused scan
@@ -67,6 +68,7 @@ class ClinicalFMambaConfig:
     loss_gradient_target: str = "max"  # 3D gradient-loss target: "max" (release) | "max_abs" (losses.py)
     loss_similarity: str = "ssim"  # structure term: "ssim" (release) | "ms_ssim" (losses.py)
     loss_intensity_target: str = "max"  # 3D intensity term: "max" (release) | "mean_base" (losses.py)
+    refine: int = 0  # channels of the full-resolution refinement (`Refine`); 0: none (the release)
 
     def __post_init__(self) -> None:
         if len(self.widths) != len(self.dilations):
@@ -84,6 +86,8 @@ class ClinicalFMamba(nn.Module):
     `forward(a, b)`: a, b (N, 1, *S) in [0, 1] -> fused (N, 1, *S) in [0, 1], any spatial size.
     `training_loss(a, b)`: the paper's loss for `spatial_dims` and its named terms.
     """
+
+    init_optional = ("refine.",)  # a warm start may lack these (`Refine` starts as the identity)
 
     def __init__(self, cfg: ClinicalFMambaConfig) -> None:
         super().__init__()
@@ -117,6 +121,7 @@ class ClinicalFMamba(nn.Module):
         self.decoder = nn.Sequential(*(UpStage(nd, i, o, cfg.act) for i, o in ups))
         self.cmca = CMCA(nd, w0) if cfg.cmca else None
         self.head = conv_nd(nd)(w0, 1, 3, padding=1)
+        self.refine = Refine(nd, cfg.refine) if cfg.refine else None
 
     def _pad(self, t: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...]]:
         """Replicate-pad the spatial dims to a multiple of the stride; return the crop back."""
@@ -146,7 +151,10 @@ class ClinicalFMamba(nn.Module):
         if self.cmca is not None:
             fx, fy = f0[:n], f0[n:]
             h = h + self.cmca(fx, fy) + self.cmca(fy, fx)
-        return torch.sigmoid(self.head(h))[crop]
+        logits = self.head(h)
+        if self.refine is not None:
+            logits = logits + self.refine(a, b, logits)
+        return torch.sigmoid(logits)[crop]
 
     def _mix(self, lat: torch.Tensor, n: int) -> torch.Tensor:
         """The latent Mamba stages: encoder output (2N, C, *g) -> fused latent grid (N, C, *g)."""
@@ -224,14 +232,49 @@ class ClinicalFMamba(nn.Module):
         for z0 in range(0, depth, slab):
             z1 = min(z0 + slab, depth)
             s, e = max(z0 - 1, 0), min(z1 + 1, depth)
-            out.append(torch.sigmoid(self.head(pre_head(s, e))[:, :, z0 - s : z1 - s]))
-        return torch.cat(out, 2)[crop]
+            out.append(self.head(pre_head(s, e))[:, :, z0 - s : z1 - s])
+        logits = torch.cat(out, 2)
+        if self.refine is not None:  # full resolution but local: slabs with its halo
+            both = torch.cat([a, b, logits], 1)
+            halo = self.refine.halo
+            logits = torch.cat([logits[:, :, z0 : z0 + slab] + _planes(
+                lambda t: self.refine(t[:, :1], t[:, 1:2], t[:, 2:]), both, z0, min(z0 + slab, depth), halo)
+                for z0 in range(0, depth, slab)], 2)
+        return torch.sigmoid(logits)[crop]
 
     def training_loss(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Fuse a and b and return the paper's loss for this dimensionality and its named terms."""
         return fusion_loss(self(a, b), a, b, self.spatial_dims, norm=self.cfg.loss_norm, weights=self.cfg.loss_weights,
                            gradient_target=self.cfg.loss_gradient_target, similarity=self.cfg.loss_similarity,
                            intensity_target=self.cfg.loss_intensity_target)
+
+
+class Refine(nn.Module):
+    """Full-resolution refinement of the fused logits (our addition; `refine` channels, 0 in the release).
+
+    In 3D every encoder stage downsamples, so at full resolution the release has only linear paths (the
+    stem's 3x3 conv into CMCA's 1x1 convs): it cannot choose, voxel by voxel, the sharper source's edge
+    (the choose-max rule of wavelet fusion), and its output stays softer than both sources. This adds
+    three 3x3 convs with LeakyReLU(0.2) on [A, B, logits] (receptive field 7 voxels) whose output is
+    added to the logits. The last conv starts at zero, so a model warm-started from weights without it
+    begins exactly where they were (`init_optional`).
+
+    Shapes: a, b (N, 1, *S), logits (N, 1, *S) -> (N, 1, *S).
+    """
+
+    halo = 3  # planes each side the three 3x3 convs reach
+
+    def __init__(self, spatial_dims: int, channels: int) -> None:
+        super().__init__()
+        conv = conv_nd(spatial_dims)
+        self.body = nn.Sequential(conv(3, channels, 3, padding=1), nn.LeakyReLU(0.2),
+                                  conv(channels, channels, 3, padding=1), nn.LeakyReLU(0.2),
+                                  conv(channels, 1, 3, padding=1))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return self.body(torch.cat([a, b, logits], 1))
 
 
 def _planes(fn, x: torch.Tensor, r0: int, r1: int, halo: int) -> torch.Tensor:

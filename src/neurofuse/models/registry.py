@@ -81,8 +81,12 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None) -> nn.Module:
-    """Load a safetensors state dict into `model` (strict), checking the file's hash if given."""
+def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None,
+                 optional: tuple[str, ...] = ()) -> nn.Module:
+    """Load a safetensors state dict into `model` (strict), checking the file's hash if given.
+
+    `optional`: prefixes of parameters the file may lack (they keep the model's own values; a warm start
+    into a model with an added part, the model's `init_optional`)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: weights file not found")
@@ -93,7 +97,7 @@ def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None) 
     except Exception as exc:  # safetensors raises several types for bad headers
         raise InputError(f"{path}: not a readable safetensors file ({exc})") from None
     ref = model.state_dict()
-    missing = [k for k in ref if k not in state]
+    missing = [k for k in ref if k not in state and not k.startswith(optional)]
     unexpected = [k for k in state if k not in ref]
     wrong = [k for k in ref if k in state and state[k].shape != ref[k].shape]
     if missing or unexpected or wrong:
@@ -101,7 +105,7 @@ def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None) 
             f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]}, "
             f"wrong shape {wrong[:3]})"
         )
-    model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()})
+    model.load_state_dict({**model.state_dict(), **{k: v.to(ref[k].dtype) for k, v in state.items()}})
     return model
 
 
