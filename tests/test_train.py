@@ -331,3 +331,16 @@ def test_3d_validation_reports_sharpness_of_fused_and_sources():
     for key, vol in (("AG", f), ("AG_a", arr[0]), ("AG_b", arr[1])):
         assert row[f"val_{key}"] == pytest.approx(compute_metrics(*arr, vol, ["AG"], "standard")["AG"], rel=1e-6)
     assert row["val_AG_b"] > 2 * row["val_AG_a"] > 0
+
+
+def test_lr_scale_multiplies_the_scheduled_lr_of_its_parameters(pairs, tmp_path):
+    """`lr_scale: {prefix: k}`: those parameters' optimiser group runs at k times the schedule's lr."""
+    from neurofuse.train import Trainer
+
+    cfg = _cfg(pairs, tmp_path / "run", lr_scale={"body.4": 10.0}, max_steps=1)
+    trainer = Trainer(cfg, _seeded())
+    trainer.train_step(next(iter(trainer._loader())))
+    lrs = {g.get("lr_scale", 1.0): g["lr"] for g in trainer.opt.param_groups}
+    assert lrs[10.0] == pytest.approx(10.0 * lrs[1.0]) and lrs[1.0] == pytest.approx(lr_at(cfg, 0, trainer.total_steps))
+    with pytest.raises(UsageError, match="lr_scale"):
+        TrainConfig(data="d", lr_scale={"body": 0}).validate()

@@ -94,6 +94,9 @@ class TrainConfig:
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
+    # lr multipliers by parameter-name prefix, e.g. {refine: 30}: a part added to warm-started weights
+    # learns at its own pace while the rest keeps the small fine-tuning lr
+    lr_scale: dict[str, float] = field(default_factory=dict)
     schedule: str = "constant"  # constant | cosine
     min_lr: float = 1e-6
     crop: int | None = 96  # 2D crop side / 3D patch side; None trains on whole images
@@ -189,6 +192,9 @@ class TrainConfig:
             (self.epochs >= 1 and self.batch_size >= 1 and self.val_every >= 1,
              "epochs, batch_size and val_every must be >= 1"),
             (self.lr > 0 and self.min_lr >= 0, "lr must be > 0 and min_lr >= 0"),
+            (isinstance(self.lr_scale, dict) and all(isinstance(v, (int, float)) and v > 0
+                                                      for v in self.lr_scale.values()),
+             f"lr_scale {self.lr_scale} ({{parameter-name prefix: multiplier > 0}})"),
             (self.crop is None or self.crop >= 1, f"crop {self.crop}"),
             (self.ema is None or 0.0 < self.ema < 1.0, f"ema {self.ema} (a decay in (0, 1))"),
             (0.0 <= self.gain_jitter < 1.0, f"gain_jitter {self.gain_jitter} (in [0, 1))"),
@@ -595,7 +601,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         # Weight decay only on conv/linear/attention weights (A_log, D, biases and norms exempt, as mamba-ssm);
         # the fused kernel (CPU and CUDA) does one pass over all parameters instead of ~10 small ops each.
-        groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
+        groups = [g for g in param_groups(model, cfg.weight_decay, cfg.lr_scale) if g["params"]]
         self.opt = torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, fused=cfg.fused_adam)
         self.sampler = DistributedSampler(self.train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                           drop_last=True)
@@ -665,7 +671,7 @@ class Trainer:
         cfg, t0 = self.cfg, time.perf_counter()
         a, b = (_prep(batch[k], self.device, self.channels_last) for k in ("a", "b"))
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(cfg, self.step, self.total_steps)
+            group["lr"] = lr_at(cfg, self.step, self.total_steps) * group.get("lr_scale", 1.0)
         self.opt.zero_grad(set_to_none=True)
         with _autocast(cfg, self.device):
             loss, terms = self.net(a, b)

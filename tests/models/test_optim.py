@@ -57,3 +57,15 @@ def test_frozen_parameters_are_left_out():
     model.stem.requires_grad_(False)
     names = [n for g in param_groups(model, 0.01) for n in g["names"]]
     assert names and not any(n.startswith("stem.") for n in names)
+
+
+def test_lr_scale_splits_groups_by_name_prefix():
+    model = create_model("clinicalfmamba_3d_tiny", refine=4)
+    groups = param_groups(model, 0.05, {"refine": 30.0})
+    scaled = [g for g in groups if g.get("lr_scale") == 30.0]
+    assert sorted(n for g in scaled for n in g["names"]) == sorted(n for n, _ in model.refine.named_parameters(
+        prefix="refine"))
+    assert {g["weight_decay"] for g in scaled} == {0.05, 0.0}  # decay still by the usual rule
+    assert not any(n.startswith("refine") for g in groups if "lr_scale" not in g for n in g["names"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert len(param_groups(model, 0.05)) == 2  # without lr_scale: the two decay groups, as before

@@ -25,23 +25,30 @@ def decays(module: nn.Module, name: str, param: nn.Parameter) -> bool:
     return param.ndim > 1
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two optimiser groups of the trainable parameters: `[{decayed, weight_decay}, {exempt, 0.0}]`.
+def param_groups(model: nn.Module, weight_decay: float, lr_scale: dict[str, float] | None = None) -> list[dict]:
+    """Optimiser groups of the trainable parameters: `[{decayed, weight_decay}, {exempt, 0.0}]`, each split
+    further by `lr_scale` (parameter-name prefix -> lr multiplier, the first matching prefix wins; the
+    group's `lr_scale`, 1 for the rest, which the trainer multiplies into the scheduled lr).
 
     For `torch.optim.AdamW(param_groups(model, wd), lr=...)` (or Adam); each group also carries
     `names`, the parameter names, for logs. A parameter shared by several modules appears once.
     """
-    groups: dict[bool, tuple[list, list]] = {True: ([], []), False: ([], [])}
+    scales = dict(lr_scale or {})
+    keys = [(True, 1.0), (False, 1.0)] + [(d, float(v)) for v in dict.fromkeys(scales.values()) for d in (True, False)]
+    groups: dict[tuple[bool, float], tuple[list, list]] = {k: ([], []) for k in keys}
     seen: set[int] = set()
     for mod_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            params, names = groups[decays(module, name, param)]
+            full = f"{mod_name}.{name}" if mod_name else name
+            scale = next((float(v) for prefix, v in scales.items() if full.startswith(prefix)), 1.0)
+            params, names = groups[(decays(module, name, param), scale)]
             params.append(param)
-            names.append(f"{mod_name}.{name}" if mod_name else name)
-    return [
-        {"params": groups[True][0], "names": groups[True][1], "weight_decay": float(weight_decay)},
-        {"params": groups[False][0], "names": groups[False][1], "weight_decay": 0.0},
-    ]
+            names.append(full)
+    out = []
+    for (decayed, scale), (params, names) in groups.items():
+        group = {"params": params, "names": names, "weight_decay": float(weight_decay) if decayed else 0.0}
+        out.append(group if (decayed, scale) in keys[:2] else {**group, "lr_scale": scale})
+    return out
