@@ -96,10 +96,13 @@ def plot_learning_curves(runs: dict[str, Stages], out: str | Path, metrics: tupl
             if whole:
                 ax.plot(*zip(*whole, strict=True), "o", color=None if line is None else line.get_color(),
                         label=f"{label} (whole val split)")
-        for i, key in enumerate(_SOURCE_LEVELS.get(metric, ())):
-            level = next((r[key] for rows in logs.values() for r in reversed(rows) if key in r), None)
+        levels = {key: next((r[key] for rows in logs.values() for r in reversed(rows) if key in r), None)
+                  for key in _SOURCE_LEVELS.get(metric, ())}
+        for i, level in enumerate(levels.values()):
             if level is not None:
                 ax.axhline(level, color="gray", ls="--" if i == 0 else ":", lw=1, label=f"source {'AB'[i]}")
+        if any(v is not None for v in levels.values()):
+            ax.legend(fontsize=7)
         ax.set_title(metric.removeprefix("val_"))
         ax.set_xlabel("training pixels seen" if x == "pixels" else x)
         ax.grid(alpha=0.3)
