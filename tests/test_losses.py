@@ -163,8 +163,10 @@ def test_3d_model_trains_with_its_configured_gradient_target():
 def test_ms_ssim_equals_the_metric_and_has_gradients(shape):
     """The loss's differentiable MS-SSIM is the metrics' MS_SSIM (numpy, float64) on the same pair,
     odd sides (zero-padded pooling) and 3 or 4 scales included; its gradient is finite."""
-    from neurofuse.losses import ms_ssim
-    from neurofuse.metrics.structural import ms_ssim_pair
+    from neurofuse.losses import _MS_SSIM_WEIGHTS, ms_ssim
+    from neurofuse.metrics.structural import MS_SSIM_WEIGHTS, ms_ssim_pair
+
+    assert _MS_SSIM_WEIGHTS == MS_SSIM_WEIGHTS
 
     g = torch.Generator().manual_seed(4)
     nd = len(shape) - 2

@@ -20,6 +20,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+# Wang, Simoncelli & Bovik's five scale weights; the metrics' MS_SSIM uses the same (a layer above, so not
+# imported from there; tests/test_losses.py checks both the weights and the values agree)
+_MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 _SOBEL_SMOOTH = (1.0, 2.0, 1.0)
 _SOBEL_DIFF = (-1.0, 0.0, 1.0)
 
@@ -97,19 +100,17 @@ def _ssim_cs(x: torch.Tensor, y: torch.Tensor, spatial_dims: int, win: int, sigm
 
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, spatial_dims: int, window: int = 11, sigma: float = 1.5,
             data_range: float = 1.0) -> torch.Tensor:
-    """Mean multi-scale SSIM of x and y (N, C, *S), the metrics' MS_SSIM (metrics.structural.ms_ssim_pair):
+    """Mean multi-scale SSIM of x and y (N, C, *S), the metrics' MS_SSIM (`metrics.structural.ms_ssim_pair`):
     up to five scales with Wang et al.'s weights, as many as keep the smallest side >= `window` (renormalised:
     3 for 64^3 patches, 4 for 96^3 to 160^3 volumes), contrast-structure at all but the coarsest scale, each
     factor floored just above 0 (the metric clips at 0; a floor keeps the power's gradient finite)."""
-    from neurofuse.metrics.structural import MS_SSIM_WEIGHTS
-
     if x.shape != y.shape or x.dim() != spatial_dims + 2 or min(x.shape[2:]) < window:
         raise ValueError(f"ms_ssim: expected two (N, C, *S) tensors with {spatial_dims} spatial dims and every "
                          f"side >= {window}, got {tuple(x.shape)} and {tuple(y.shape)}")
     levels = 5
     while levels > 1 and min(x.shape[2:]) // 2 ** (levels - 1) < window:
         levels -= 1
-    weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], dtype=torch.float32, device=x.device)
+    weights = torch.tensor(_MS_SSIM_WEIGHTS[:levels], dtype=torch.float32, device=x.device)
     weights = weights / weights.sum()
     pool = {2: F.avg_pool2d, 3: F.avg_pool3d}[spatial_dims]
     x, y = x.float(), y.float()
