@@ -146,8 +146,7 @@ def _fuse_child(folder: str, method: str, options: dict) -> dict:
         from neurofuse.inference import load_model
 
         t0 = time.perf_counter()
-        weights = options.get("weights")
-        load_model(m.models[a.ndim], None if weights is None else str(weights), options.get("pretrained"))
+        load_model(m.models[a.ndim], options.get("weights"), options.get("pretrained"))
         load = time.perf_counter() - t0
     setup_peak, rss_before = _proc_kib("VmHWM"), _proc_kib("VmRSS")
     proc = setup_peak is not None and rss_before is not None and _reset_peak_rss()

@@ -19,6 +19,7 @@ import functools
 import itertools
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -424,14 +425,18 @@ def window_options(
     return opts
 
 
-@functools.lru_cache(maxsize=4)
-def load_model(name: str, weights: str | None = None, pretrained: str | None = None) -> nn.Module:
+def load_model(name: str, weights: str | os.PathLike | None = None, pretrained: str | None = None) -> nn.Module:
     """Model `name` in eval mode with a weights file, a shipped tag, or (neither given) its default
     shipped weights; the architecture overrides stored in the file's metadata are applied.
 
-    Cached, so a folder of pairs (`fuse-dir`) builds and loads the model once, and a caller can load it
-    ahead of a timed fusion (`benchmarks/brats3d.py`).
+    Cached (`_cached_model`, keyed by the path as a string), so a folder of pairs (`fuse-dir`) builds and
+    loads the model once, and a caller can load it ahead of a timed fusion (`benchmarks/brats3d.py`).
     """
+    return _cached_model(name, None if weights is None else os.fspath(weights), pretrained)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_model(name: str, weights: str | None, pretrained: str | None) -> nn.Module:
     from neurofuse.models.pretrained import default_tag
     from neurofuse.models.registry import create_model, load_weights
 

@@ -83,7 +83,7 @@ def register_learned_method(method_name: str, models: Mapping[int, str], descrip
         from neurofuse.inference import fuse_with_model, load_model, window_options
 
         opts = window_options(a.ndim, window, overlap, crop, margin, max_voxels, blend)
-        model = load_model(names[a.ndim], None if weights is None else str(weights), pretrained)
+        model = load_model(names[a.ndim], weights, pretrained)
         return fuse_with_model(model, a, b, device=str(device), precision=str(precision), **opts)
 
     fuse_fn.__name__ = f"fuse_{method_name}"
@@ -97,7 +97,7 @@ def register_learned_method(method_name: str, models: Mapping[int, str], descrip
             return np.stack([fuse_fn(x, y, **opts, **windowing) for x, y in zip(a, b, strict=True)])
         from neurofuse.inference import fuse_batch_with_model, load_model
 
-        model = load_model(names[2], None if weights is None else str(weights), pretrained)
+        model = load_model(names[2], weights, pretrained)
         return fuse_batch_with_model(model, a, b, device=str(device), precision=str(precision))
 
     fuse_fn.batch = fuse_batch

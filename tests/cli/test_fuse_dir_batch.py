@@ -26,9 +26,9 @@ def tiny_method(tmp_path, monkeypatch):
     torch.manual_seed(0)
     path = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in create_model("clinicalfmamba_2d_tiny").state_dict().items()}, str(path))
-    inference.load_model.cache_clear()
+    inference._cached_model.cache_clear()
     yield path
-    inference.load_model.cache_clear()
+    inference._cached_model.cache_clear()
 
 
 def test_fuse_many_equals_fuse_pair_by_pair(tiny_method, rng):
