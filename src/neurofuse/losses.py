@@ -181,7 +181,7 @@ def fusion_loss_2d(
     if norm not in ("l1", "l2"):
         raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
     f, a, b = f.float(), a.float(), b.float()
-    intensity = F.l1_loss(f, torch.maximum(a, b))
+    intensity = intensity_term(f, a, b)
     gf, gt = sobel_magnitude(f), torch.maximum(sobel_magnitude(a), sobel_magnitude(b))
     grad = F.l1_loss(gf, gt) if norm == "l1" else F.mse_loss(gf, gt)
     return _combine(weights, intensity, grad, _similarity_term(f, a, b, similarity))

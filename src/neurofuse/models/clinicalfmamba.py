@@ -153,7 +153,7 @@ class ClinicalFMamba(nn.Module):
             h = h + self.cmca(fx, fy) + self.cmca(fy, fx)
         logits = self.head(h)
         if self.refine is not None:
-            logits = logits + self.refine(a, b, logits)
+            logits = logits + self.refine(torch.cat([a, b, logits], 1))
         return torch.sigmoid(logits)[crop]
 
     def _mix(self, lat: torch.Tensor, n: int) -> torch.Tensor:
@@ -236,10 +236,8 @@ class ClinicalFMamba(nn.Module):
         logits = torch.cat(out, 2)
         if self.refine is not None:  # full resolution but local: slabs with its halo
             both = torch.cat([a, b, logits], 1)
-            halo = self.refine.halo
             logits = torch.cat([logits[:, :, z0 : z0 + slab] + _planes(
-                lambda t: self.refine(t[:, :1], t[:, 1:2], t[:, 2:]), both, z0, min(z0 + slab, depth), halo)
-                for z0 in range(0, depth, slab)], 2)
+                self.refine, both, z0, min(z0 + slab, depth), self.refine.halo) for z0 in range(0, depth, slab)], 2)
         return torch.sigmoid(logits)[crop]
 
     def training_loss(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -259,7 +257,7 @@ class Refine(nn.Module):
     added to the logits. The last conv starts at zero, so a model warm-started from weights without it
     begins exactly where they were (`init_optional`).
 
-    Shapes: a, b (N, 1, *S), logits (N, 1, *S) -> (N, 1, *S).
+    Shapes: [A, B, logits] stacked (N, 3, *S) -> (N, 1, *S).
     """
 
     halo = 3  # planes each side the three 3x3 convs reach
@@ -273,8 +271,8 @@ class Refine(nn.Module):
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        return self.body(torch.cat([a, b, logits], 1))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
 
 
 def _planes(fn, x: torch.Tensor, r0: int, r1: int, halo: int) -> torch.Tensor:

@@ -50,5 +50,5 @@ def param_groups(model: nn.Module, weight_decay: float, lr_scale: dict[str, floa
     out = []
     for (decayed, scale), (params, names) in groups.items():
         group = {"params": params, "names": names, "weight_decay": float(weight_decay) if decayed else 0.0}
-        out.append(group if (decayed, scale) in keys[:2] else {**group, "lr_scale": scale})
+        out.append(group if scale == 1.0 else {**group, "lr_scale": scale})
     return out

@@ -105,7 +105,7 @@ def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None,
             f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]}, "
             f"wrong shape {wrong[:3]})"
         )
-    model.load_state_dict({**model.state_dict(), **{k: v.to(ref[k].dtype) for k, v in state.items()}})
+    model.load_state_dict({**ref, **{k: v.to(ref[k].dtype) for k, v in state.items()}})
     return model
 
 
