@@ -14,13 +14,20 @@ function, about 9 FLOPs per element of (batch, d_inner, L, d_state) forward), no
 norms, activations, softplus, pooling, interpolation, copies and the optimiser. Those are real work
 the floor does not credit, so a share well below 100% is expected even for perfect code.
 
+The kernel ceiling (`--ceiling`): every call of a counted op is recorded during one run of the case
+(its overload and its arguments' shapes, strides and dtypes, through a TorchDispatchMode) and replayed
+alone on fresh tensors; the sum of those times is what the case would take if everything the counter
+does not credit cost nothing. floor / that sum is the highest share these very kernels (oneDNN / MKL
+here) can reach for the case, so a target above it needs faster convolution and matmul kernels, not
+less overhead around them. The slowest counted ops are printed with the speed they reach.
+
 Cases: 2D forward 128^2 and 256^2 (one pair), 2D training step (batch 8 x 128^2, Adam), 3D forward
 128^3 (one pair; FLOPs counted at 64^3 and scaled by 8, exact because every counted op is per voxel
 or per latent token), 3D training step (one 64^3 pair). Prints the CPU model and its vector/matrix
 flags, and writes the table as Markdown and CSV with `--out DIR` (model.md, model.csv).
 
     .venv/bin/python benchmarks/model.py [--device cpu] [--threads N] [--repeats 3] [--out DIR]
-        [--only 2d|3d] [--no-bf16] [--profile]
+        [--only 2d|3d] [--no-bf16] [--profile] [--ceiling]
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
+from torch.utils.flop_counter import flop_registry
 
 from neurofuse.models import create_model
 from neurofuse.precision import cpu_info, native_bf16
@@ -102,6 +112,74 @@ def count_flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
+class _Spec(tuple):
+    """(shape, stride, dtype, device) of a tensor argument, enough to rebuild one like it."""
+
+
+def _spec(x):
+    return _Spec((tuple(x.shape), tuple(x.stride()), x.dtype, x.device)) if isinstance(x, torch.Tensor) else x
+
+
+def _materialise(x):
+    if not isinstance(x, _Spec):
+        return x
+    shape, stride, dtype, device = x
+    t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
+    return t.normal_() if dtype.is_floating_point else t.zero_()
+
+
+class CountedOps(TorchDispatchMode):
+    """Records every call of an op that FlopCounterMode counts: (overload, args, kwargs) with tensors as
+    `_Spec`s. Identical calls are kept once with their count in `calls` {key: [func, args, kwargs, n]}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, list] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.overloadpacket in flop_registry:
+            a, k = tree_map(_spec, args), tree_map(_spec, kwargs)
+            key = repr((func, a, k))
+            if key in self.calls:
+                self.calls[key][3] += 1
+            else:
+                self.calls[key] = [func, a, k, 1]
+        return func(*args, **kwargs)
+
+
+def _replay_one(func, a, k, device: torch.device, repeats: int) -> tuple[str, float, int]:
+    """(description, seconds, FLOPs) of one recorded call run alone on fresh tensors."""
+    args, kwargs = tree_map(_materialise, a), tree_map(_materialise, k)
+
+    def call():
+        return func(*args, **kwargs)
+
+    with torch.no_grad():
+        sec = _time(call, device, repeats)
+    shapes = [tuple(x[0]) if isinstance(x, _Spec) else x for x in a]
+    return f"{func.overloadpacket.__name__} {shapes}".replace(" ", ""), sec, count_flops(call)
+
+
+def replay(calls: dict[str, list], device: torch.device, repeats: int = 3) -> list[tuple[str, int, float, int]]:
+    """Times each recorded call alone on fresh tensors (median of `repeats` after a warm-up):
+    [(description, count, seconds per call, FLOPs per call)], slowest total first."""
+    rows = []
+    for func, a, k, n in calls.values():
+        desc, sec, flops = _replay_one(func, a, k, device, repeats)
+        rows.append((desc, n, sec, flops))
+    return sorted(rows, key=lambda r: -r[1] * r[2])
+
+
+def kernel_ceiling(fn, device: torch.device, repeats: int) -> tuple[float, list[tuple[str, int, float, int]]]:
+    """Seconds the counted ops of one call of `fn` take when each runs alone, and the per-op rows."""
+    rec = CountedOps()
+    with rec:
+        fn()
+    rows = replay(rec.calls, device, repeats)
+    return sum(n * sec for _, n, sec, _ in rows), rows
+
+
 def _pair(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return torch.rand(shape, generator=g).to(device), torch.rand(shape, generator=g).to(device)
@@ -166,9 +244,22 @@ def profile_step(device: torch.device, batch: int, crop: int) -> list[tuple[str,
 
 
 COLUMNS = ("case", "precision", "time_ms", "gflop", "peak_gflops", "floor_ms", "share_of_floor")
+CEILING_COLUMNS = ("counted_alone_ms", "ceiling_share")
 
 
-def run_cases(device: torch.device, precisions: list[str], repeats: int, only: str | None) -> list[dict]:
+def _add_ceiling(row: dict, fn, device: torch.device, repeats: int, top: int = 6) -> None:
+    """Adds the kernel ceiling of `fn` to `row` and prints its slowest counted ops."""
+    sec, ops = kernel_ceiling(fn, device, repeats)
+    row["counted_alone_ms"] = round(sec * 1000, 1)
+    row["ceiling_share"] = round(row["floor_ms"] / 1000 / sec, 3)
+    print(f"    counted ops alone: {sec * 1000:,.0f} ms ({len(ops)} distinct calls), so at most "
+          f"{row['ceiling_share']:.0%} of the floor with these kernels; slowest:", flush=True)
+    for desc, n, t, flops in ops[:top]:
+        print(f"      {n:3d} x {t * 1000:8.2f} ms  {flops / max(t, 1e-12) / 1e9:7.1f} GFLOP/s  {desc[:120]}")
+
+
+def run_cases(device: torch.device, precisions: list[str], repeats: int, only: str | None,
+              ceiling: bool = False) -> list[dict]:
     rows = []
     fwd = [("2D forward 128x128", "clinicalfmamba_2d", (1, 1, 128, 128), 1),
            ("2D forward 256x256", "clinicalfmamba_2d", (1, 1, 256, 256), 1),
@@ -188,6 +279,8 @@ def run_cases(device: torch.device, precisions: list[str], repeats: int, only: s
             peak = matmul_peak(device, DTYPES[prec])
             sec = _time(run, device, 1 if scale > 1 and device.type == "cpu" else repeats, warmup=warm)
             rows.append(_row(label, prec, sec, flops, peak))
+            if ceiling:
+                _add_ceiling(rows[-1], run, device, repeats)
         for label, name, shape in train:
             if only and not label.lower().startswith(only):
                 continue
@@ -196,6 +289,8 @@ def run_cases(device: torch.device, precisions: list[str], repeats: int, only: s
             peak = matmul_peak(device, DTYPES[prec])
             sec = _time(step, device, repeats)
             rows.append(_row(label, prec, sec, flops, peak))
+            if ceiling:
+                _add_ceiling(rows[-1], step, device, repeats)
     return rows
 
 
@@ -210,10 +305,16 @@ def _row(label: str, prec: str, sec: float, flops: int, peak: float) -> dict:
 
 
 def markdown(rows: list[dict], header: list[str]) -> str:
+    ceiling = bool(rows) and all("ceiling_share" in r for r in rows)
+    extra = " counted ops alone (ms) | kernel ceiling |" if ceiling else ""
     lines = [*header, "", "| case | precision | time (ms) | GFLOP (counted) | matmul peak before it (GFLOP/s) "
-             "| floor (ms) | share of floor |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['case']} | {r['precision']} | {r['time_ms']:,.0f} | {r['gflop']:,.1f} | {r['peak_gflops']:,.0f} "
-              f"| {r['floor_ms']:,.0f} | {r['share_of_floor']:.0%} |" for r in rows]
+             "| floor (ms) | share of floor |" + extra, "|---|---|---|---|---|---|---|" + "---|" * (2 * ceiling)]
+    for r in rows:
+        cells = (f"| {r['case']} | {r['precision']} | {r['time_ms']:,.0f} | {r['gflop']:,.1f} | "
+                 f"{r['peak_gflops']:,.0f} | {r['floor_ms']:,.0f} | {r['share_of_floor']:.0%} |")
+        if ceiling:
+            cells += f" {r['counted_alone_ms']:,.0f} | {r['ceiling_share']:.0%} |"
+        lines.append(cells)
     return "\n".join(lines) + "\n"
 
 
@@ -227,6 +328,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write model.md and model.csv here")
     ap.add_argument("--note", default="", help="a line about the run's conditions for the Markdown table")
     ap.add_argument("--profile", action="store_true", help="also profile one 2D training step (8 x 128^2)")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="also replay each case's counted ops alone: the highest share these kernels allow")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -248,7 +351,11 @@ def main() -> None:
     if args.note:
         header.append(args.note)
     print("\n".join(header), flush=True)
-    rows = run_cases(device, precisions, args.repeats, args.only)
+    rows = run_cases(device, precisions, args.repeats, args.only, args.ceiling)
+    if args.ceiling:
+        header.append("Kernel ceiling = floor / (the case's counted ops, each replayed alone on fresh tensors of the "
+                      "same shapes and strides): the most share of the floor these convolution and matmul kernels "
+                      "allow even if everything else cost nothing.")
     peak_end = matmul_peak(device, torch.float32)
     header.append(f"fp32 matmul peak re-measured after the cases: {peak_end / 1e9:,.0f} GFLOP/s "
                   "(a large change means the machine's load changed during the run).")
@@ -258,7 +365,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "model.md").write_text(text, encoding="utf-8")
         with (args.out / "model.csv").open("w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w = csv.DictWriter(fh, fieldnames=COLUMNS + (CEILING_COLUMNS if args.ceiling else ()))
             w.writeheader()
             w.writerows(rows)
         print(f"wrote {args.out / 'model.md'} and {args.out / 'model.csv'}")

@@ -1,0 +1,66 @@
+"""benchmarks/model.py's kernel ceiling: the recorder sees exactly the ops FlopCounterMode counts (same total
+FLOPs, identical calls merged with their count), the replay rebuilds each call's shapes, strides and dtypes,
+and the ceiling row and Markdown columns follow from the replayed times."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import model
+
+    return model
+
+
+def _work(x: torch.Tensor, w: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Two identical convolutions, one matmul on a transposed (non-contiguous) view, uncounted extras."""
+    y = F.conv2d(x, w, padding=1) + F.conv2d(x, w, padding=1)
+    z = y[0].flatten(1).t() @ m  # (HW, C) strided view times (C, 5)
+    return torch.relu(z).sum()
+
+
+def test_recorder_matches_flop_counter_and_merges_identical_calls(bench):
+    x, w, m = torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4, 5)
+    rec = bench.CountedOps()
+    with rec:
+        _work(x, w, m)
+    counts = sorted((func.overloadpacket.__name__, n) for func, _, _, n in rec.calls.values())
+    assert counts == [("convolution", 2), ("mm", 1)]
+    rows = bench.replay(rec.calls, torch.device("cpu"), repeats=1)
+    assert sum(n * flops for _, n, _, flops in rows) == bench.count_flops(lambda: _work(x, w, m))
+    assert all(sec > 0 for _, _, sec, _ in rows)
+
+
+def test_replay_rebuilds_strides_and_dtypes(bench):
+    a = torch.randn(6, 4).t()  # non-contiguous
+    b = torch.randn(6, 3, dtype=torch.float64)
+    rec = bench.CountedOps()
+    with rec:
+        torch.mm(a, torch.randn(6, 3))
+        torch.mm(b.t(), b)
+    specs = [args for _, args, _, _ in rec.calls.values()]
+    assert specs[0][0] == ((4, 6), (1, 4), torch.float32, torch.device("cpu"))
+    assert specs[1][1][2] == torch.float64
+    rebuilt = bench._materialise(specs[0][0])
+    assert rebuilt.shape == (4, 6) and rebuilt.stride() == (1, 4) and torch.isfinite(rebuilt).all()
+    assert bench._materialise(3) == 3
+
+
+def test_ceiling_row_and_markdown(bench, monkeypatch):
+    monkeypatch.setattr(bench, "kernel_ceiling", lambda fn, device, repeats: (0.5, [("mm[(2,2)]", 3, 0.1, 8)]))
+    row = bench._row("case", "fp32", 2.0, 100_000_000_000, 200e9)  # floor 0.5 s of 2 s
+    bench._add_ceiling(row, None, torch.device("cpu"), 1)
+    assert row["counted_alone_ms"] == 500.0 and row["ceiling_share"] == 1.0
+    text = bench.markdown([row], ["header"])
+    assert "| kernel ceiling |" in text and text.strip().endswith("| 500 | 100% |")
+    plain = {k: v for k, v in row.items() if k not in bench.CEILING_COLUMNS}
+    assert "kernel ceiling" not in bench.markdown([plain], ["header"])
