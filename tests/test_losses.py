@@ -216,3 +216,25 @@ def test_mean_base_intensity_term_wants_the_sources_mean_below_the_detail_scale(
     assert float(intensity_term(a, a, b)) == pytest.approx(float((a - torch.maximum(a, b)).abs().mean()))
     with pytest.raises(ValueError, match="intensity_target"):
         intensity_term(a, a, b, "min")
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 23, 17), (1, 3, 14, 19, 12)])
+@pytest.mark.parametrize("padding", ["valid", "replicate"])
+def test_banded_separable_filter_equals_the_convolutions(shape, padding):
+    """The matmul path of `_separable` against one 1-channel convolution per axis: values and input gradients,
+    with a skipped axis, an asymmetric kernel and a bf16 input (both compute in float32)."""
+    from neurofuse.losses import _gauss1d, _separable, _separable_ref
+
+    g = torch.Generator().manual_seed(3)
+    nd = len(shape) - 2
+    ks = [_gauss1d(7, 1.2, "cpu", torch.float32), None, torch.rand(4, generator=g)][:nd]
+    x = torch.rand(shape, generator=g, requires_grad=True)
+    w = torch.rand(_separable_ref(x, ks, padding).shape, generator=g)
+    fast, ref = _separable(x, ks, padding), _separable_ref(x, ks, padding)
+    torch.testing.assert_close(fast, ref, rtol=1e-6, atol=1e-6)
+    (gf,) = torch.autograd.grad((fast * w).sum(), x)
+    (gr,) = torch.autograd.grad((ref * w).sum(), x)
+    torch.testing.assert_close(gf, gr, rtol=1e-6, atol=1e-6)
+    half = x.detach().bfloat16()
+    assert _separable(half, ks, padding).dtype == torch.float32
+    torch.testing.assert_close(_separable(half, ks, padding), _separable_ref(half, ks, padding), rtol=1e-6, atol=1e-6)

@@ -33,12 +33,46 @@ def _gauss1d(size: int, sigma: float, device, dtype) -> torch.Tensor:
     return (g / g.sum()).to(dtype)
 
 
+def _band(k: torch.Tensor, length: int) -> torch.Tensor:
+    """(length, length - K + 1) matrix T with (x @ T)[j] = sum_t k[t] x[j + t]: a valid 1D correlation."""
+    out = length - k.numel() + 1
+    t = torch.zeros(length, out, dtype=k.dtype, device=k.device)
+    j = torch.arange(out, device=k.device)
+    for i in range(k.numel()):
+        t[j + i, j] = k[i]
+    return t
+
+
+def _replicate_pad(y: torch.Tensor, axis: int, half: int) -> torch.Tensor:
+    """Pad spatial axis `axis` of y (N, C, *S) by `half` replicated voxels on both sides."""
+    nd = y.dim() - 2
+    pad = [0] * (2 * nd)
+    pad[2 * (nd - 1 - axis)] = pad[2 * (nd - 1 - axis) + 1] = half
+    return F.pad(y, pad, mode="replicate")
+
+
 def _separable(x: torch.Tensor, kernels: list[torch.Tensor | None], padding: str = "valid") -> torch.Tensor:
     """Apply a 1D kernel along each spatial axis (None: skip) of x (N, C, *S), channel-wise.
 
     padding "valid" shrinks each filtered axis; "replicate" keeps the size. Always float32, also
-    inside an autocast region: SSIM's variance terms cancel catastrophically in bf16.
+    inside an autocast region: SSIM's variance terms cancel catastrophically in bf16. Each axis is one
+    matmul with a banded matrix (`_band`): on CPU 25-30x faster, forward and backward, than the
+    1-channel convolutions of `_separable_ref`, which oneDNN runs at under 1 GFLOP/s.
     """
+    y = x.float()
+    with torch.autocast(x.device.type, enabled=False):
+        for axis, k in enumerate(kernels):
+            if k is None:
+                continue
+            if padding == "replicate":
+                y = _replicate_pad(y, axis, k.numel() // 2)
+            d = 2 + axis
+            y = (y.movedim(d, -1) @ _band(k.float(), y.shape[d])).movedim(-1, d)
+    return y
+
+
+def _separable_ref(x: torch.Tensor, kernels: list[torch.Tensor | None], padding: str = "valid") -> torch.Tensor:
+    """`_separable` as one 1-channel convolution per axis (the slow, obvious path)."""
     nd = x.dim() - 2
     n, c = x.shape[:2]
     y = x.float().reshape(n * c, 1, *x.shape[2:])
@@ -50,10 +84,7 @@ def _separable(x: torch.Tensor, kernels: list[torch.Tensor | None], padding: str
             shape = [1] * nd
             shape[axis] = k.numel()
             if padding == "replicate":
-                pad = [0] * (2 * nd)
-                half = k.numel() // 2
-                pad[2 * (nd - 1 - axis)] = pad[2 * (nd - 1 - axis) + 1] = half
-                y = F.pad(y, pad, mode="replicate")
+                y = _replicate_pad(y, axis, k.numel() // 2)
             y = conv(y, k.float().view(1, 1, *shape))
     return y.reshape(n, c, *y.shape[2:])
 
