@@ -49,6 +49,8 @@ from neurofuse.models import create_model
 from neurofuse.precision import cpu_info, native_bf16
 from neurofuse.ssm.scan import available_backends
 
+aten = torch.ops.aten
+
 CATEGORIES = (  # (category, substrings of profiler op names), first match wins
     ("selective scan", ("scan",)),
     ("convolution", ("conv", "mkldnn")),
@@ -103,11 +105,24 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats
     return 2 * n**3 / best
 
 
+def conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """FLOPs of `aten.convolution_backward`, groups included: each requested gradient (input, weight)
+    costs what the forward convolution costs. torch 2.13's formula ignores groups in the weight
+    gradient, so a depthwise conv1d over C channels counted C times its real work (the Mamba mixers'
+    512-channel conv1d backward came to 14 GFLOP a call instead of 0.03)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed=transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 def count_flops(fn) -> int:
-    """FLOPs of one call of `fn` as torch's FlopCounterMode counts them (matmul-like ops only)."""
+    """FLOPs of one call of `fn` by torch's FlopCounterMode (matmul-like ops only), with the convolution
+    backward counted per group (`conv_backward_flops`)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping={aten.convolution_backward: conv_backward_flops}) as counter:
         fn()
     return int(counter.get_total_flops())
 

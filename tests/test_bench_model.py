@@ -64,3 +64,26 @@ def test_ceiling_row_and_markdown(bench, monkeypatch):
     assert "| kernel ceiling |" in text and text.strip().endswith("| 500 | 100% |")
     plain = {k: v for k, v in row.items() if k not in bench.CEILING_COLUMNS}
     assert "kernel ceiling" not in bench.markdown([plain], ["header"])
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_conv_backward_flops_equal_torch_without_groups(bench, transposed):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(2, 4, 9, 9, requires_grad=True)
+    w = torch.randn(4, 6, 3, 3, requires_grad=True)
+    y = F.conv_transpose2d(x, w) if transposed else F.conv2d(x, w.transpose(0, 1).contiguous())
+    g = torch.randn_like(y)
+    with FlopCounterMode(display=False) as torch_count:
+        y.backward(g, retain_graph=True)
+    assert bench.count_flops(lambda: y.backward(g, retain_graph=True)) == torch_count.get_total_flops()
+
+
+def test_depthwise_conv_backward_is_counted_per_group(bench):
+    """Input and weight gradients each cost the forward's FLOPs (torch's own formula counts C times that)."""
+    x = torch.randn(2, 16, 50, requires_grad=True)
+    w = torch.randn(16, 1, 4, requires_grad=True)
+    fwd = bench.count_flops(lambda: F.conv1d(x, w, groups=16))
+    assert fwd == 2 * 2 * 16 * 47 * 4
+    y = F.conv1d(x, w, groups=16)
+    assert bench.count_flops(lambda: y.sum().backward()) == 2 * fwd

@@ -13,8 +13,9 @@ z = D as in the paper):
 
 `MultiScanMamba` runs all its directions in one (or two) calls of `neurofuse.ssm.selective_scan` by
 stacking them along the channel axis with grouped B/C, the reversed directions with `reverse=True`
-(scanned in place, no flipped copies); `forward_ref` is the plain per-direction loop it is tested
-against.
+(scanned in place, no flipped copies), and their short convolutions + SiLU in one call of
+`neurofuse.ssm.conv.causal_conv1d_silu` per group; `forward_ref` is the plain per-direction loop
+(`F.conv1d`, `selective_scan_ref`) it is tested against.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from neurofuse.ssm import selective_scan, selective_scan_ref
+from neurofuse.ssm.conv import causal_conv1d_silu
 
 
 class ScanOrder(NamedTuple):
@@ -166,19 +168,16 @@ class MultiScanMamba(nn.Module):
             g = len(idx)
             sel = slice(None) if g == len(self.orders) else torch.tensor(idx, device=x.device)
             seqs = torch.stack([seq(xs, k, False) for k in idx], dim=1).reshape(b, g * di, length)
-            w = self.conv_weight[sel]
-            pad = (self.d_conv - 1, 0)
-            if rev:  # anti-causal conv == causal conv on the reversed sequence
-                w, pad = w.flip(-1), (0, self.d_conv - 1)
-            u = F.conv1d(F.pad(seqs, pad), w.reshape(g * di, 1, self.d_conv),
-                         self.conv_bias[sel].reshape(-1), groups=g * di)
-            u = F.silu(u)
+            # anti-causal conv (rev) == causal conv on the reversed sequence
+            u = causal_conv1d_silu(seqs, self.conv_weight[sel].reshape(g * di, self.d_conv),
+                                   self.conv_bias[sel].reshape(-1), reverse=rev)
             dsrc = u.view(b, g, di, length)
             if self.cross:
                 dsrc = torch.stack([seq(src, k, True) for k in idx], dim=1)
-            x_dbl = torch.einsum("bgdl,gcd->bgcl", dsrc, self.x_proj_weight[sel])
+            # matmul, not einsum: its (b, g, ., L) outputs are contiguous, so the reshape of delta is a view
+            x_dbl = torch.matmul(self.x_proj_weight[sel], dsrc)  # (b, g, dt_rank + 2 d_state, L)
             dt, bm, cm = torch.split(x_dbl, [r, n, n], dim=2)
-            delta = torch.einsum("bgrl,gdr->bgdl", dt, self.dt_proj_weight[sel]).reshape(b, g * di, length)
+            delta = torch.matmul(self.dt_proj_weight[sel], dt).reshape(b, g * di, length)
             y = selective_scan(
                 u, delta, -torch.exp(self.A_log[sel].float()).reshape(g * di, n),
                 bm.contiguous(), cm.contiguous(), self.D[sel].reshape(-1).float(), None,
