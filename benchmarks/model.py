@@ -139,8 +139,11 @@ def _materialise(x):
     if not isinstance(x, _Spec):
         return x
     shape, stride, dtype, device = x
-    t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
-    return t.normal_() if dtype.is_floating_point else t.zero_()
+    # the storage the view spans, filled, then viewed: also right for broadcast (stride-0) arguments
+    span = 1 + sum((n - 1) * st for n, st in zip(shape, stride, strict=True)) if all(shape) else 0
+    base = torch.empty(span, dtype=dtype, device=device)
+    base = base.normal_() if dtype.is_floating_point else base.zero_()
+    return base.as_strided(shape, stride)
 
 
 class CountedOps(TorchDispatchMode):

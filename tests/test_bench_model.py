@@ -53,6 +53,8 @@ def test_replay_rebuilds_strides_and_dtypes(bench):
     rebuilt = bench._materialise(specs[0][0])
     assert rebuilt.shape == (4, 6) and rebuilt.stride() == (1, 4) and torch.isfinite(rebuilt).all()
     assert bench._materialise(3) == 3
+    expanded = bench._materialise(bench._spec(torch.randn(4, 1).expand(4, 5)))  # broadcast: stride 0
+    assert expanded.stride() == (1, 0) and torch.equal(expanded[:, 0], expanded[:, 4])
 
 
 def test_ceiling_row_and_markdown(bench, monkeypatch):
