@@ -284,12 +284,12 @@ def _recurrence(m, wn, t0, step, dt_buf, x_buf, a2_blk, Bt, Ct, h, y_buf):
     n_state = a2_blk.shape[0]
     for j in range(m):
         t = t0 + j * step
-        for w in range(wn):
+        for w in range(_W):
             y_buf[j, w] = 0
         for n in range(n_state):
             bn = Bt[t, n]
             cn = Ct[t, n]
-            for w in range(wn):
+            for w in range(_W):
                 hn = _exp2(dt_buf[j, w] * a2_blk[n, w]) * h[n, w] + x_buf[j, w] * bn
                 h[n, w] = hn
                 y_buf[j, w] += hn * cn
