@@ -153,12 +153,14 @@ class MultiScanMamba(nn.Module):
         ks = range(len(self.orders))
         groups = [([k for k in ks if self.orders[k].reverse == r], r) for r in (False, True)]
         groups = [g for g in groups if g[0]]  # forward directions in one scan call, reversed in another
-        cache: dict[tuple[tuple[int, ...], bool], torch.Tensor] = {}
+        cache: dict[tuple[tuple[tuple[int, ...], ...], bool], torch.Tensor] = {}
 
-        def seq(t: torch.Tensor, k: int, tag: bool) -> torch.Tensor:
-            key = (self.orders[k].perm, tag)
+        def seqs_of(t: torch.Tensor, idx: list[int], tag: bool) -> torch.Tensor:
+            """The directions' sequences stacked (b, g, d_inner, L); the reversed group usually has the same
+            orders as the forward one and reuses its stack."""
+            key = (tuple(self.orders[k].perm for k in idx), tag)
             if key not in cache:
-                cache[key] = to_order(t, self.orders[k].perm)
+                cache[key] = torch.stack([to_order(t, self.orders[k].perm) for k in idx], dim=1)
             return cache[key]
 
         acc: dict[tuple[int, ...], torch.Tensor] = {}
@@ -167,13 +169,13 @@ class MultiScanMamba(nn.Module):
         for idx, rev in groups:
             g = len(idx)
             sel = slice(None) if g == len(self.orders) else torch.tensor(idx, device=x.device)
-            seqs = torch.stack([seq(xs, k, False) for k in idx], dim=1).reshape(b, g * di, length)
+            seqs = seqs_of(xs, idx, False).reshape(b, g * di, length)
             # anti-causal conv (rev) == causal conv on the reversed sequence
             u = causal_conv1d_silu(seqs, self.conv_weight[sel].reshape(g * di, self.d_conv),
                                    self.conv_bias[sel].reshape(-1), reverse=rev)
             dsrc = u.view(b, g, di, length)
             if self.cross:
-                dsrc = torch.stack([seq(src, k, True) for k in idx], dim=1)
+                dsrc = seqs_of(src, idx, True)
             # matmul, not einsum: its (b, g, ., L) outputs are contiguous, so the reshape of delta is a view
             x_dbl = torch.matmul(self.x_proj_weight[sel], dsrc)  # (b, g, dt_rank + 2 d_state, L)
             dt, bm, cm = torch.split(x_dbl, [r, n, n], dim=2)
