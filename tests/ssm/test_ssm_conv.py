@@ -100,3 +100,21 @@ def test_unknown_backend():
     x, w, b = (t.detach() for t in _inputs(1, 2, 5))
     with pytest.raises(ValueError, match="unknown conv backend"):
         causal_conv1d_silu(x, w, b, backend="cuda")
+
+
+def test_auto_keeps_reduced_precision_inference_on_the_reference(monkeypatch):
+    """bf16 without grad goes to F.conv1d (no reorder cost there); with grad, or in float32, to numba."""
+    calls = []
+    monkeypatch.setattr(conv._NumbaCausalConv, "apply", lambda *a: calls.append(a) or a[0])
+    x, w, b = (t.detach().bfloat16() for t in _inputs(1, 2, 5))
+    with torch.no_grad():
+        causal_conv1d_silu(x, w, b)
+    assert calls == []
+    causal_conv1d_silu(x, w.requires_grad_(), b)
+    assert len(calls) == 1
+
+
+def test_numba_backend_refuses_non_cpu_tensors():
+    x, w, b = (torch.zeros(s, device="meta") for s in ((1, 2, 5), (2, 4), (2,)))
+    with pytest.raises(ValueError, match="runs on CPU tensors"):
+        causal_conv1d_silu(x, w, b, backend="numba")

@@ -50,18 +50,23 @@ def _row_conv(buf, w, bias, reverse, out):
             out[j] += wk * buf[j + k]
 
 
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy", inline="always")
+def _pre_activation(x, r, w, bias, reverse, buf, out):
+    """out = the conv of row r of x (channel r % C) before SiLU; buf is left holding the padded row."""
+    c = r % w.shape[0]
+    _padded(x[r], w.shape[1], reverse, buf)
+    _row_conv(buf, w[c], bias[c], reverse, out)
+
+
 @njit([_sig("fwd", "f4"), _sig("fwd", "f8")], parallel=True, cache=True, fastmath=_FASTMATH,
       error_model="numpy")  # fmt: skip
 def conv_silu_fwd(x, w, bias, reverse, y):
     """y = silu(causal depthwise conv of x). x, y (rows, L), row r is channel r % C; w (C, K); bias (C,)."""
-    n_ch, n_taps = w.shape
-    n = x.shape[1]
+    n, n_taps = x.shape[1], w.shape[1]
     for r in prange(x.shape[0]):
-        c = r % n_ch
         buf = np.empty(n + n_taps - 1, dtype=x.dtype)
         out = np.empty(n, dtype=x.dtype)
-        _padded(x[r], n_taps, reverse, buf)
-        _row_conv(buf, w[c], bias[c], reverse, out)
+        _pre_activation(x, r, w, bias, reverse, buf, out)
         for j in range(n):
             p = out[j]
             out[j] = p * _sigmoid(p)
@@ -82,8 +87,7 @@ def conv_silu_bwd(x, w, bias, reverse, dy, dx, dw_rows, db_rows):
         c = r % n_ch
         buf = np.empty(n + n_taps - 1, dtype=x.dtype)
         g = np.empty(n, dtype=x.dtype)
-        _padded(x[r], n_taps, reverse, buf)
-        _row_conv(buf, w[c], bias[c], reverse, g)
+        _pre_activation(x, r, w, bias, reverse, buf, g)
         total = zero
         for j in range(n):  # d pre = dy * silu'(pre), silu'(p) = s (1 + p (1 - s))
             p = g[j]

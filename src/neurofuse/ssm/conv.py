@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from neurofuse.ssm.cpu import _np, _torch_thread_count
+from neurofuse.ssm.scan import ENV_VAR
 
 _kernels = None
 _error: Exception | None = None
@@ -104,7 +105,7 @@ def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if backend == "auto":  # bf16/half inference stays on oneDNN: its reduced-precision conv has no reorder cost
         wide = x.dtype in (torch.float32, torch.float64)
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias))
-        use = (x.device.type == "cpu" and os.environ.get("NEUROFUSE_SCAN_BACKEND") != "reference"
+        use = (x.device.type == "cpu" and os.environ.get(ENV_VAR) != "reference"
                and (wide or grad))
     else:
         use = backend == "numba"
