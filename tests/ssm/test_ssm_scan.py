@@ -89,6 +89,9 @@ CASES = {
     "L67_batch2": dict(batch=2, d_inner=6, d_state=4, L=67),
     "grouped_reverse": dict(batch=2, d_inner=8, d_state=4, L=130, groups=2),
     "partial_channel_block": dict(batch=1, d_inner=40, d_state=5, L=70, groups=1),
+    # 6 channel blocks (32, 8 channels) over at most 2 backward workers: a short block follows a full one
+    # in the same worker's buffers
+    "short_block_after_full": dict(batch=3, d_inner=40, d_state=3, L=70),
     "zero_delta": dict(batch=2, d_inner=4, d_state=3, L=20, delta_scale=0.0),
     "bare": dict(batch=1, d_inner=5, d_state=2, L=33, full=False),
 }
