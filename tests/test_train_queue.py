@@ -61,6 +61,10 @@ def test_stage_two_waits_for_stage_one_and_takes_its_snapshot(tmp_path):
     best.parent.mkdir(parents=True)
     best.write_bytes(b"")
     assert queue.plan_job(cfg, ck, tmp_path).args == []  # this machine has stage 1's run: the config's init
+    best.unlink()
+    _progress(ck / "m_ct_autoencoder", 10, 60)
+    _progress(ck / "m_ct_fusion", 90, 90)
+    assert queue.plan_job(cfg, ck, tmp_path).action == "done"  # a finished stage 2 waits for nothing
 
 
 def test_peer_configs_exist_in_stage_order():

@@ -77,6 +77,8 @@ def plan_job(config: Path, checkpoints: Path, root: Path) -> Job:
     run = config.stem
     snapshot = checkpoints / run
     snap = _step_of(snapshot / "progress.json")
+    if snap is not None and snap[0] >= snap[1]:
+        return Job(config, run, snapshot, "done", [], f"snapshot at step {snap[0]}/{snap[1]}")
     args: list[str] = []
     init = cfg.get("init")
     if isinstance(init, str) and init.endswith("best.safetensors") and not _expand(init, root).is_file():
@@ -86,8 +88,6 @@ def plan_job(config: Path, checkpoints: Path, root: Path) -> Job:
             state = "not started" if s1 is None else f"at step {s1[0]}/{s1[1]}"
             return Job(config, run, snapshot, "wait", [], f"stage 1 ({stage1.name}) is {state}")
         args += ["--init", str(stage1 / "weights.safetensors")]
-    if snap is not None and snap[0] >= snap[1]:
-        return Job(config, run, snapshot, "done", [], f"snapshot at step {snap[0]}/{snap[1]}")
     out = _expand(str(cfg.get("out", f"runs/{run}")), root)
     local = _step_of(out / "progress.json") if (out / "last_state.pt").is_file() else None
     if local is not None and (snap is None or local[0] >= snap[0]):
@@ -136,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         job = plan_job(config, args.checkpoints, REPO)
         left = (deadline - time.monotonic()) / 60
         print(f"[train_queue] {job.run}: {job.action} ({job.why}); {left:.0f} min left", flush=True)
-        if job.action == "done":
-            continue
-        if args.dry_run:
+        if job.action == "done" or args.dry_run:
             continue
         if job.action == "wait":
             print("[train_queue] stopping: a stage 2 cannot start before its stage 1 is done", flush=True)

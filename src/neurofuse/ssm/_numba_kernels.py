@@ -469,6 +469,7 @@ def scan_bwd(
     workers = dB_part.shape[0]
     items = batch * n_groups * ((d_inner // n_groups + _W - 1) // _W)
     span = (items + workers - 1) // workers
+    step = -1 if reverse else 1
     for wk in prange(workers):
         ft = du.dtype
         hbuf = np.zeros((K + 1, n_state, _W), dtype=ft)
@@ -508,7 +509,6 @@ def scan_bwd(
                 s0 = c * K
                 m = min(s0 + K, L) - s0
                 t0 = L - 1 - s0 if reverse else s0
-                step = -1 if reverse else 1
                 for n in range(n_state):
                     for w in range(_W):
                         hbuf[0, n, w] = ck[b, d0 + w, c - 1, n] if c > 0 and w < wn else 0
