@@ -238,3 +238,13 @@ def test_banded_separable_filter_equals_the_convolutions(shape, padding):
     half = x.detach().bfloat16()
     assert _separable(half, ks, padding).dtype == torch.float32
     torch.testing.assert_close(_separable(half, ks, padding), _separable_ref(half, ks, padding), rtol=1e-6, atol=1e-6)
+
+
+def test_fusion_loss_takes_the_mean_base_intensity_target_in_2d_too():
+    """The 2D loss routes `intensity_target` to the same n-D term: F = (A + B) / 2 has zero intensity loss
+    under "mean_base" and a positive one under the release's "max"."""
+    g = torch.Generator().manual_seed(7)
+    a, b = (F.avg_pool2d(torch.rand(2, 1, 32, 32, generator=g), 5, 1, 2) for _ in range(2))
+    mean = (a + b) / 2
+    assert fusion_loss(mean, a, b, 2, intensity_target="mean_base")[1]["intensity"] == 0.0
+    assert fusion_loss(mean, a, b, 2)[1]["intensity"] > 0.01

@@ -120,8 +120,14 @@ def test_snapshot_continues_the_schedule_elsewhere(pairs, tmp_path):
     done = json.loads((tmp_path / "second/progress.json").read_text(encoding="utf-8"))
     assert done["images"] == 16 and done["pixels"] == 16 * 16 * 16
     assert done["ema_n"] == 8  # the EMA continued its count: 3 updates before, 5 after
-    first_row = _log(tmp_path / "second")[0]
-    assert int(first_row["step"]) > 3
+    # The log, the training time and the machine history go on from the snapshot's, not from zero.
+    before, after = _log(snap), _log(tmp_path / "second")
+    assert before and after[:len(before)] == before
+    steps = [int(r["step"]) for r in after]
+    assert steps == sorted(steps) and steps[-1] == 8 and len(after) > len(before)
+    assert float(after[-1]["seconds"]) > progress["train_seconds"] == done["history"][0]["seconds"]
+    assert done["train_seconds"] >= progress["train_seconds"]
+    assert [(h["from_step"], h["to_step"]) for h in done["history"]] == [(0, 3), (3, 8)]
 
 
 def test_snapshot_past_the_schedule_end_is_refused(pairs, tmp_path):

@@ -205,14 +205,15 @@ def _similarity_term(f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, similari
 
 def fusion_loss_2d(
     f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, norm: str = "l1", weights=(2.0, 10.0, 5.0),
-    similarity: str = "ssim",
+    similarity: str = "ssim", intensity_target: str = "max",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """2D ClinicalFMamba loss of fused f and sources a, b (N, 1, H, W); returns (loss, terms).
-    `similarity`: the structure term's SSIM ("ssim", the release) or MS-SSIM ("ms_ssim")."""
+    `similarity`: the structure term's SSIM ("ssim", the release) or MS-SSIM ("ms_ssim");
+    `intensity_target`: see `intensity_term`."""
     if norm not in ("l1", "l2"):
         raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
     f, a, b = f.float(), a.float(), b.float()
-    intensity = intensity_term(f, a, b)
+    intensity = intensity_term(f, a, b, intensity_target)
     gf, gt = sobel_magnitude(f), torch.maximum(sobel_magnitude(a), sobel_magnitude(b))
     grad = F.l1_loss(gf, gt) if norm == "l1" else F.mse_loss(gf, gt)
     return _combine(weights, intensity, grad, _similarity_term(f, a, b, similarity))
@@ -275,8 +276,8 @@ def fusion_loss(
     intensity_target: str = "max",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The ClinicalFMamba loss for `spatial_dims` 2 (with gradient norm `norm`) or 3 (with
-    `gradient_target` and `intensity_target`, see `fusion_loss_3d`); `similarity` "ssim" (release) or
-    "ms_ssim" in both.
+    `gradient_target`, see `fusion_loss_3d`); `similarity` "ssim" (release) or "ms_ssim" and
+    `intensity_target` (`intensity_term`) in both.
 
     `weights` (intensity, gradient, SSIM) replaces the release's weights of that dimensionality
     ((2, 10, 5) in 2D, (2, 10, 1) in 3D) when given."""
@@ -284,9 +285,9 @@ def fusion_loss(
         raise ValueError(f"loss weights must be three non-negative numbers, got {weights!r}")
     extra = {} if weights is None else {"weights": tuple(float(w) for w in weights)}
     if spatial_dims == 2:
-        if gradient_target != "max" or intensity_target != "max":
-            raise ValueError("gradient_target and intensity_target apply to the 3D loss only")
-        return fusion_loss_2d(f, a, b, norm=norm, similarity=similarity, **extra)
+        if gradient_target != "max":
+            raise ValueError("gradient_target applies to the 3D loss only")
+        return fusion_loss_2d(f, a, b, norm=norm, similarity=similarity, intensity_target=intensity_target, **extra)
     if spatial_dims == 3:
         return fusion_loss_3d(f, a, b, gradient_target=gradient_target, similarity=similarity,
                               intensity_target=intensity_target, **extra)

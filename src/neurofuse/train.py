@@ -614,6 +614,10 @@ class Trainer:
         self.full_shape = self.train_ds.item_shape  # a batch of this shape is whole images (pixels_full)
 
         self.step, self.seconds, self.best, self.rows = 0, 0.0, None, []
+        # Where the training came from, one entry per machine it ran on (snapshot continuations), and the
+        # step and seconds at which this machine's part began: progress.json lists them for the model card.
+        self.history: list[dict[str, Any]] = []
+        self.segment_start = (0, 0.0)
         self.seen = {"images": 0, "pixels": 0, "pixels_full": 0}  # training items and pixels seen, all ranks
         self.acc: dict[str, float] = {}  # sums of train loss terms since the last validation row
         self.acc_n = 0
@@ -634,9 +638,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- start points
     def _continue(self, snapshot: dict[str, Any]) -> None:
-        """Take a committed snapshot's schedule position (its weights are already loaded)."""
+        """Take a committed snapshot's schedule position, training time, log rows and machine history
+        (its weights are already loaded), so the new run's files go on where the snapshot's ended."""
         self.step = int(snapshot["step"])
         self.seen = {k: int(snapshot.get(k, 0)) for k in self.seen}
+        self.seconds = float(snapshot.get("train_seconds", 0.0))
+        self.rows = _read_log(Path(snapshot["weights_path"]).parent / "log.csv")
+        self.history = list(snapshot.get("history") or [
+            {"machine": snapshot.get("machine"), "from_step": 0, "to_step": self.step, "seconds": self.seconds}])
+        self.segment_start = (self.step, self.seconds)
         if self.ema is not None:  # the EMA goes on with its horizon (a restarted warm-up would follow the raw weights)
             self.ema.n_averaged.fill_(int(snapshot.get("ema_n", self.step)))
         if self.step >= self.total_steps:
@@ -662,6 +672,8 @@ class Trainer:
             load_weights(self.ema.module, self.out / "last_ema.safetensors")
             self.ema.n_averaged.fill_(int(state["ema_n"]))
         self.acc, self.acc_n = dict(state["train_sums"]), state["train_count"]
+        self.history = list(state.get("history", []))
+        self.segment_start = tuple(state.get("segment_start", (0, 0.0)))
         _set_rng_state(state["rng"], self.device)
         self.rows = _read_log(self.out / "log.csv")
 
@@ -737,14 +749,18 @@ class Trainer:
             "step": self.step, "seconds": self.seconds, "best_val_loss": self.best,
             "optimizer": self.opt.state_dict(), "seen": dict(self.seen),
             "ema_n": ema_n, "rng": _rng_state(self.device),
-            "train_sums": self.acc, "train_count": self.acc_n, "config": cfg.to_dict()})
+            "train_sums": self.acc, "train_count": self.acc_n, "config": cfg.to_dict(),
+            "history": self.history, "segment_start": list(self.segment_start)})
+        here = {"machine": machine_summary(self.device), "from_step": self.segment_start[0], "to_step": self.step,
+                "seconds": round(self.seconds - self.segment_start[1], 1)}
         write_text(self.out / "progress.json", json.dumps(
             {"model": cfg.model, "model_args": cfg.model_args, "step": self.step, "total_steps": self.total_steps,
              "epoch": round(self.step / self.steps_per_epoch, 4), **self.seen,
              "ema_n": ema_n,
              "train_seconds": round(self.seconds, 1),
              "weights": "last_ema.safetensors" if self.ema is not None else "last.safetensors",
-             "machine": machine_summary(self.device), "last_val": self.rows[-1] if self.rows else None,
+             "machine": here["machine"], "history": [*self.history, here],
+             "last_val": self.rows[-1] if self.rows else None,
              "config": cfg.to_dict()}, indent=1))
 
     # ------------------------------------------------------------------------------- the loop

@@ -67,7 +67,7 @@ class ClinicalFMambaConfig:
     loss_weights: tuple[float, float, float] | None = None  # (intensity, gradient, SSIM); None: the release's
     loss_gradient_target: str = "max"  # 3D gradient-loss target: "max" (release) | "max_abs" (losses.py)
     loss_similarity: str = "ssim"  # structure term: "ssim" (release) | "ms_ssim" (losses.py)
-    loss_intensity_target: str = "max"  # 3D intensity term: "max" (release) | "mean_base" (losses.py)
+    loss_intensity_target: str = "max"  # intensity term: "max" (release) | "mean_base" (losses.py)
     refine: int = 0  # channels of the full-resolution refinement (`Refine`); 0: none (the release)
 
     def __post_init__(self) -> None:
