@@ -130,6 +130,17 @@ def test_snapshot_continues_the_schedule_elsewhere(pairs, tmp_path):
     assert [(h["from_step"], h["to_step"]) for h in done["history"]] == [(0, 3), (3, 8)]
 
 
+def test_a_continued_run_keeps_its_machine_history_through_a_resume(pairs, tmp_path):
+    train(_cfg(pairs, tmp_path / "a", max_steps=3, epochs=2), model=_seeded())
+    snap = write_snapshot(tmp_path / "a", tmp_path / "snap")
+    kw = dict(epochs=2, continue_from=str(snap))
+    train(_cfg(pairs, tmp_path / "b", max_steps=5, **kw), model=TinyFuse())
+    train(_cfg(pairs, tmp_path / "b", resume=True, **kw), model=TinyFuse())
+    done = json.loads((tmp_path / "b/progress.json").read_text(encoding="utf-8"))
+    assert [(h["from_step"], h["to_step"]) for h in done["history"]] == [(0, 3), (3, 8)]
+    assert sum(h["seconds"] for h in done["history"]) == pytest.approx(done["train_seconds"], abs=0.2)
+
+
 def test_snapshot_past_the_schedule_end_is_refused(pairs, tmp_path):
     train(_cfg(pairs, tmp_path / "r", epochs=1), model=_seeded())
     snap = write_snapshot(tmp_path / "r", tmp_path / "s")

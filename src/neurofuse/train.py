@@ -614,10 +614,9 @@ class Trainer:
         self.full_shape = self.train_ds.item_shape  # a batch of this shape is whole images (pixels_full)
 
         self.step, self.seconds, self.best, self.rows = 0, 0.0, None, []
-        # Where the training came from, one entry per machine it ran on (snapshot continuations), and the
-        # step and seconds at which this machine's part began: progress.json lists them for the model card.
+        # Where the training came from before this machine's part, one entry per machine it ran on (snapshot
+        # continuations): progress.json lists them, and this part, for the model card.
         self.history: list[dict[str, Any]] = []
-        self.segment_start = (0, 0.0)
         self.seen = {"images": 0, "pixels": 0, "pixels_full": 0}  # training items and pixels seen, all ranks
         self.acc: dict[str, float] = {}  # sums of train loss terms since the last validation row
         self.acc_n = 0
@@ -646,7 +645,6 @@ class Trainer:
         self.rows = _read_log(Path(snapshot["weights_path"]).parent / "log.csv")
         self.history = list(snapshot.get("history") or [
             {"machine": snapshot.get("machine"), "from_step": 0, "to_step": self.step, "seconds": self.seconds}])
-        self.segment_start = (self.step, self.seconds)
         if self.ema is not None:  # the EMA goes on with its horizon (a restarted warm-up would follow the raw weights)
             self.ema.n_averaged.fill_(int(snapshot.get("ema_n", self.step)))
         if self.step >= self.total_steps:
@@ -673,7 +671,6 @@ class Trainer:
             self.ema.n_averaged.fill_(int(state["ema_n"]))
         self.acc, self.acc_n = dict(state["train_sums"]), state["train_count"]
         self.history = list(state.get("history", []))
-        self.segment_start = tuple(state.get("segment_start", (0, 0.0)))
         _set_rng_state(state["rng"], self.device)
         self.rows = _read_log(self.out / "log.csv")
 
@@ -750,9 +747,10 @@ class Trainer:
             "optimizer": self.opt.state_dict(), "seen": dict(self.seen),
             "ema_n": ema_n, "rng": _rng_state(self.device),
             "train_sums": self.acc, "train_count": self.acc_n, "config": cfg.to_dict(),
-            "history": self.history, "segment_start": list(self.segment_start)})
-        here = {"machine": machine_summary(self.device), "from_step": self.segment_start[0], "to_step": self.step,
-                "seconds": round(self.seconds - self.segment_start[1], 1)}
+            "history": self.history})
+        start_step = self.history[-1]["to_step"] if self.history else 0
+        here = {"machine": machine_summary(self.device), "from_step": start_step, "to_step": self.step,
+                "seconds": round(self.seconds - sum(h["seconds"] for h in self.history), 1)}
         write_text(self.out / "progress.json", json.dumps(
             {"model": cfg.model, "model_args": cfg.model_args, "step": self.step, "total_steps": self.total_steps,
              "epoch": round(self.step / self.steps_per_epoch, 4), **self.seen,
