@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from neurofuse.errors import InputError, UsageError
-from neurofuse.precision import resolve_precision
+from neurofuse.precision import guard_bf16, resolve_precision
 
 
 def resolve_device(device: str) -> torch.device:
@@ -324,6 +324,8 @@ def fuse_with_model(
     dev = resolve_device(device)
     amp = _autocast_dtype(precision, dev)
     model = model.to(dev).eval()
+    if amp is not None:  # a layer whose bf16 kernel is faulty on this device runs in fp32
+        guard_bf16(model, dev)
     stride = int(getattr(model, "stride", 1))
     if crop:
         with reuse_freed_memory(dev.type == "cpu" and a.ndim == 3):
@@ -487,6 +489,8 @@ def fuse_batch_with_model(
     dev = resolve_device(device)
     amp = _autocast_dtype(precision, dev)
     model = model.to(dev).eval()
+    if amp is not None:  # a layer whose bf16 kernel is faulty on this device runs in fp32
+        guard_bf16(model, dev)
     stride = int(getattr(model, "stride", 1))
     out = []
     for i in range(0, len(a), max(1, int(batch_size))):

@@ -52,7 +52,7 @@ from neurofuse.metrics import compute_metrics
 from neurofuse.models.optim import param_groups
 from neurofuse.models.pretrained import get_pretrained_cfg, split_name
 from neurofuse.models.registry import create_model, load_weights
-from neurofuse.precision import PRECISIONS, cpu_info, resolve_precision
+from neurofuse.precision import PRECISIONS, cpu_info, guard_bf16, resolve_precision
 
 # Settings that may change between a run and its resume without breaking exactness.
 _RESUME_FREE = {"resume", "out", "max_steps", "max_minutes", "threads", "num_workers", "val_limit", "val_metrics",
@@ -593,6 +593,8 @@ class Trainer:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         model.train()
+        if resolve_precision(cfg.precision, device) == "bf16":  # a layer whose bf16 kernel is faulty here runs in fp32
+            guard_bf16(model, device, backward=True)
         self.ema = None
         if cfg.ema is not None:  # torch's own EMA wrapper; buffers (norm statistics) are averaged too
             self.ema = AveragedModel(model, multi_avg_fn=ema_update_fn(cfg.ema, cfg.ema_warmup), use_buffers=True)
