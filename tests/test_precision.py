@@ -154,6 +154,7 @@ def test_guard_pins_only_the_faulty_layer_and_fixes_the_bf16_result(fresh_probes
 def test_guard_probes_each_shape_once_and_backward_separately(fresh_probes, monkeypatch):
     calls = []
     real = P.bf16_layer_error
+
     def counted(module, device="cpu", backward=True):
         calls.append(backward)
         return real(module, device, backward)

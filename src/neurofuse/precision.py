@@ -106,7 +106,6 @@ def _warn_emulated(device_type: str) -> None:
                   "use precision auto or fp32", RuntimeWarning, stacklevel=3)
 
 
-
 # ------------------------------------------------------------------ bf16 kernels that compute wrongly
 # Measured on a 2-core Sapphire Rapids-class KVM guest (AMX-BF16; torch 2.13.0+cpu and its oneDNN): bf16
 # Conv2d 16->C (C = 16, 32, 64) with a 4x4 stride-4 kernel, 8->C and 16->C with 8x8 kernels and Conv3d

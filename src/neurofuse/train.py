@@ -406,9 +406,12 @@ def _resolve_device(cfg: TrainConfig, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def _uses_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    return resolve_precision(cfg.precision, device) == "bf16"
+
+
 def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    use = resolve_precision(cfg.precision, device) == "bf16"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=_uses_bf16(cfg, device))
 
 
 def _prep(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -593,7 +596,7 @@ class Trainer:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         model.train()
-        if resolve_precision(cfg.precision, device) == "bf16":  # a layer whose bf16 kernel is faulty here runs in fp32
+        if _uses_bf16(cfg, device):  # a layer whose bf16 kernel is faulty here runs in fp32
             guard_bf16(model, device, backward=True)
         self.ema = None
         if cfg.ema is not None:  # torch's own EMA wrapper; buffers (norm statistics) are averaged too
