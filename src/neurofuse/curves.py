@@ -106,10 +106,15 @@ def plot_learning_curves(runs: dict[str, Stages], out: str | Path, metrics: tupl
         ax.set_title(metric.removeprefix("val_"))
         ax.set_xlabel("training pixels seen" if x == "pixels" else x)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    # One legend for the runs, below the panels, so it never covers a curve (seven runs make 14 entries).
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    runs_only = [(h, lab) for h, lab in zip(handles, labels, strict=True) if not lab.startswith("source ")]
+    rows = (len(runs_only) + 7) // 8
+    fig.legend(*zip(*runs_only, strict=True), loc="lower center", ncol=min(8, len(runs_only)), fontsize=7,
+               frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 + 0.05 * rows, 1, 1))
     out = Path(out)
     with atomic_write_path(out) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
