@@ -67,6 +67,18 @@ def test_stage_two_waits_for_stage_one_and_takes_its_snapshot(tmp_path):
     assert queue.plan_job(cfg, ck, tmp_path).action == "done"  # a finished stage 2 waits for nothing
 
 
+def test_stage_from_a_snapshot_waits_until_that_run_is_done(tmp_path):
+    ck = tmp_path / "checkpoints"
+    cfg = _config(tmp_path / "m_ct_ssim.yaml", model="m", out="runs/m_ct_ssim",
+                  init="checkpoints/m_ct/weights.safetensors")
+    assert queue.plan_job(cfg, ck, tmp_path).action == "wait"
+    _progress(ck / "m_ct", 99, 100)
+    assert queue.plan_job(cfg, ck, tmp_path).action == "wait"
+    _progress(ck / "m_ct", 100, 100)
+    job = queue.plan_job(cfg, ck, tmp_path)
+    assert job.action == "fresh" and job.args == []  # the config's own init is used as it stands
+
+
 def test_peer_configs_exist_in_stage_order():
     args = queue.parse_args(["--peers", "pet-mri", "--dry-run"])
     paths = queue.configs_from(args)

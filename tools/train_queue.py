@@ -18,9 +18,10 @@ Per config (`run` = the config's file stem, the snapshot `checkpoints/<run>`):
 - otherwise a fresh start.
 A stage-2 config whose `init` is a stage-1 run folder's `best.safetensors` that this machine does not
 have starts from the stage-1 snapshot's weights (its final EMA) instead. A stage 2 waits for its stage 1
-to be done. Every run gets `--max-minutes` = what is left before the deadline less `--reserve` (its
-last whole-val validation and the snapshot), and `--snapshot-to` its snapshot. The queue stops when
-fewer than `--min-minutes` are left, or at the first run that fails.
+to be done; so does a config whose `init` is another run's snapshot (`checkpoints/<run>/weights.safetensors`,
+e.g. an SSIM stage after a long run). Every run gets `--max-minutes` = what is left before the deadline
+less `--reserve` (its last whole-val validation and the snapshot), and `--snapshot-to` its snapshot.
+The queue stops when fewer than `--min-minutes` are left, or at the first run that fails.
 """
 
 from __future__ import annotations
@@ -88,6 +89,12 @@ def plan_job(config: Path, checkpoints: Path, root: Path) -> Job:
             state = "not started" if s1 is None else f"at step {s1[0]}/{s1[1]}"
             return Job(config, run, snapshot, "wait", [], f"stage 1 ({stage1.name}) is {state}")
         args += ["--init", str(stage1 / "weights.safetensors")]
+    elif isinstance(init, str) and _expand(init, root).parent.parent == checkpoints:
+        stage1 = _expand(init, root).parent  # a later stage started from another run's committed snapshot
+        s1 = _step_of(stage1 / "progress.json")
+        if s1 is None or s1[0] < s1[1]:
+            state = "not started" if s1 is None else f"at step {s1[0]}/{s1[1]}"
+            return Job(config, run, snapshot, "wait", [], f"the run it starts from ({stage1.name}) is {state}")
     out = _expand(str(cfg.get("out", f"runs/{run}")), root)
     local = _step_of(out / "progress.json") if (out / "last_state.pt").is_file() else None
     if local is not None and (snap is None or local[0] >= snap[0]):
