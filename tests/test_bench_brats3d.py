@@ -99,7 +99,9 @@ def test_table_on_the_held_out_volumes(brats3d, cohort, tmp_path):
     trainer = evaluate(model, val, cfg, torch.device("cpu"))
     mine = [r for r in res.rows if r["method"] == "tiny" and r["preset"] == "clinicalfmamba"]
     for name in ("PSNR", "MS_SSIM", "EN", "EN_unique"):
-        assert np.mean([r[name] for r in mine]) == pytest.approx(trainer[f"val_{name}"], rel=1e-6)
+        # same weights and volumes; the benchmark fuses on 1 thread, the trainer on torch's count, so fp32
+        # reductions differ in order (1e-5 relative in PSNR on an AVX2-only Zen 3)
+        assert np.mean([r[name] for r in mine]) == pytest.approx(trainer[f"val_{name}"], rel=1e-4)
 
     with open(out / "summary.csv", newline="", encoding="utf-8") as fh:
         summary = list(csv.DictReader(fh))
