@@ -82,19 +82,18 @@ def plan_job(config: Path, checkpoints: Path, root: Path) -> Job:
         return Job(config, run, snapshot, "done", [], f"snapshot at step {snap[0]}/{snap[1]}")
     args: list[str] = []
     init = cfg.get("init")
-    if isinstance(init, str) and init.endswith("best.safetensors") and not _expand(init, root).is_file():
-        stage1 = checkpoints / Path(init).parent.name
+    init_path = _expand(init, root) if isinstance(init, str) else None
+    stage1 = None  # the snapshot of the run this config starts from, which must be done first
+    if init_path is not None and init.endswith("best.safetensors") and not init_path.is_file():
+        stage1 = checkpoints / init_path.parent.name  # its run folder is not on this machine: take its snapshot
+        args += ["--init", str(stage1 / "weights.safetensors")]
+    elif init_path is not None and init_path.parent.parent == checkpoints:
+        stage1 = init_path.parent  # a later stage started from another run's committed snapshot
+    if stage1 is not None:
         s1 = _step_of(stage1 / "progress.json")
         if s1 is None or s1[0] < s1[1]:
             state = "not started" if s1 is None else f"at step {s1[0]}/{s1[1]}"
             return Job(config, run, snapshot, "wait", [], f"stage 1 ({stage1.name}) is {state}")
-        args += ["--init", str(stage1 / "weights.safetensors")]
-    elif isinstance(init, str) and _expand(init, root).parent.parent == checkpoints:
-        stage1 = _expand(init, root).parent  # a later stage started from another run's committed snapshot
-        s1 = _step_of(stage1 / "progress.json")
-        if s1 is None or s1[0] < s1[1]:
-            state = "not started" if s1 is None else f"at step {s1[0]}/{s1[1]}"
-            return Job(config, run, snapshot, "wait", [], f"the run it starts from ({stage1.name}) is {state}")
     out = _expand(str(cfg.get("out", f"runs/{run}")), root)
     local = _step_of(out / "progress.json") if (out / "last_state.pt").is_file() else None
     if local is not None and (snap is None or local[0] >= snap[0]):
