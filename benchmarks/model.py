@@ -19,7 +19,10 @@ The kernel ceiling (`--ceiling`): every call of a counted op is recorded during 
 alone on fresh tensors; the sum of those times is what the case would take if everything the counter
 does not credit cost nothing. floor / that sum is the highest share these very kernels (oneDNN / MKL
 here) can reach for the case, so a target above it needs faster convolution and matmul kernels, not
-less overhead around them. The slowest counted ops are printed with the speed they reach.
+less overhead around them. The slowest counted ops are printed with the speed they reach. On CPU with
+the numba scan it also counts each case's selective-scan state updates and times the scan's innermost
+recurrence alone: floor / (counted ops alone + that recurrence) is the bound with the scan, the most
+share reachable if only the counted kernels and the scan's hot loop cost anything.
 
 Cases: 2D forward 128^2 and 256^2 (one pair), 2D training step (batch 8 x 128^2, Adam), 3D forward
 128^3 (one pair; FLOPs counted at 64^3 and scaled by 8, exact because every counted op is per voxel
@@ -198,6 +201,70 @@ def kernel_ceiling(fn, device: torch.device, repeats: int) -> tuple[float, list[
     return sum(n * sec for _, n, sec, _ in rows), rows
 
 
+def scan_updates(fn) -> int:
+    """State updates (batch x d_inner x L x d_state) of the selective scans one call of `fn` runs.
+
+    Counted at `neurofuse.models.mamba.selective_scan`, the single call site of the Mamba mixers, so it
+    does not depend on the scan backend."""
+    from unittest import mock
+
+    from neurofuse.models import mamba
+
+    total = 0
+    real = mamba.selective_scan
+
+    def counting(u, delta, A, *args, **kwargs):
+        nonlocal total
+        total += u.numel() * A.shape[1]
+        return real(u, delta, A, *args, **kwargs)
+
+    with mock.patch.object(mamba, "selective_scan", counting):
+        fn()
+    return total
+
+
+def scan_loop_seconds_per_update(train: bool, d_state: int = 8, reps: int = 400) -> float:
+    """Seconds per state update of the numba scan's innermost recurrence alone, on one thread.
+
+    Times only the hot loops on (64, 32) tiles that sit in L1 (`_recurrence`; for training also the
+    backward's `_recompute` and `_adjoint`): no gathering of inputs, softplus, gate or scatter. It is the
+    least a scan update costs with these kernels, so it bounds what a perfect rest could reach."""
+    import numpy as np
+
+    from neurofuse.ssm.cpu import load_kernels
+
+    k = load_kernels()
+    K, W = 64, k._W
+    rng = np.random.default_rng(0)
+
+    def arr(*shape, scale=1.0):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    dt, x, u, g, dsp, y = (np.abs(arr(K, W, scale=0.1)) for _ in range(6))
+    a2 = -np.abs(arr(d_state, W)) - 0.1
+    bt, ct = arr(K, d_state), arr(K, d_state)
+    h, gst, da = arr(d_state, W), arr(d_state, W), np.zeros((d_state, W), np.float32)
+    hbuf, abuf = arr(K + 1, d_state, W), arr(K, d_state, W)
+    skip, sgb, sda = arr(W), np.zeros(W, np.float32), np.zeros(W, np.float32)
+    dbt, dct = np.zeros((K, d_state), np.float32), np.zeros((K, d_state), np.float32)
+
+    def once():
+        k._recurrence(K, 0, 1, dt, x, a2, bt, ct, h, y)
+        if train:
+            k._recompute(K, 0, 1, dt, x, a2, bt, ct, hbuf, abuf, y)
+            k._adjoint(K, 0, 1, dt, x.copy(), u, g, dsp, y.copy(), skip, a2, bt, ct, hbuf, abuf, gst, da, sgb,
+                       sda, dbt, dct)
+
+    once()
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            once()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best / (K * W * d_state)
+
+
 def _pair(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return torch.rand(shape, generator=g).to(device), torch.rand(shape, generator=g).to(device)
@@ -269,6 +336,9 @@ COLUMNS = ("case", "precision", "time_ms", "gflop", "peak_gflops", "floor_ms", "
 CEILING_COLUMNS = ("counted_alone_ms", "ceiling_share")
 
 
+SCAN_COLUMNS = ("scan_gupdates", "scan_loop_ms", "bound_share")
+
+
 def _add_ceiling(row: dict, fn, device: torch.device, repeats: int, top: int = 6) -> None:
     """Adds the kernel ceiling of `fn` to `row` and prints its slowest counted ops."""
     sec, ops = kernel_ceiling(fn, device, repeats)
@@ -280,9 +350,29 @@ def _add_ceiling(row: dict, fn, device: torch.device, repeats: int, top: int = 6
         print(f"      {n:3d} x {t * 1000:8.2f} ms  {flops / max(t, 1e-12) / 1e9:7.1f} GFLOP/s  {desc[:120]}")
 
 
+def _add_scan_bound(row: dict, updates: int, per_update: float, threads: int) -> None:
+    """Adds the bound with the scan: floor / (counted ops alone + the scan's recurrence alone).
+
+    The recurrence time assumes perfect scaling over `threads` (its channel blocks are independent), so
+    the bound is optimistic: the share this case could reach if everything but the counted kernels and
+    the scan's innermost loop cost nothing."""
+    loop = updates * per_update / max(1, threads)
+    row["scan_gupdates"] = round(updates / 1e9, 3)
+    row["scan_loop_ms"] = round(loop * 1000, 1)
+    row["bound_share"] = round(row["floor_ms"] / (row["counted_alone_ms"] + loop * 1000), 3)
+    print(f"    scan: {updates / 1e9:.3f} G state updates; its recurrence alone {loop * 1000:,.0f} ms, so at most "
+          f"{row['bound_share']:.0%} of the floor with the counted kernels and this scan", flush=True)
+
+
 def run_cases(device: torch.device, precisions: list[str], repeats: int, only: str | None,
               ceiling: bool = False) -> list[dict]:
     rows = []
+    threads = torch.get_num_threads()
+    per_update = {}  # the numba scan's recurrence cost, for the bound with the scan (CPU fp32 only)
+    if ceiling and device.type == "cpu" and "numba" in available_backends():
+        per_update = {train: scan_loop_seconds_per_update(train) for train in (False, True)}
+        print(f"  scan recurrence alone, one thread: {1e-9 / per_update[False]:.2f} G updates/s forward, "
+              f"{1e-9 / per_update[True]:.2f} G/s forward + backward", flush=True)
     fwd = [("2D forward 128x128", "clinicalfmamba_2d", (1, 1, 128, 128), 1),
            ("2D forward 256x256", "clinicalfmamba_2d", (1, 1, 256, 256), 1),
            ("3D forward 128^3", "clinicalfmamba_3d", (1, 1, 128, 128, 128), 8)]
@@ -303,6 +393,8 @@ def run_cases(device: torch.device, precisions: list[str], repeats: int, only: s
             rows.append(_row(label, prec, sec, flops, peak))
             if ceiling:
                 _add_ceiling(rows[-1], run, device, repeats)
+                if per_update:
+                    _add_scan_bound(rows[-1], scan_updates(make(count_shape)) * scale, per_update[False], threads)
         for label, name, shape in train:
             if only and not label.lower().startswith(only):
                 continue
@@ -313,6 +405,8 @@ def run_cases(device: torch.device, precisions: list[str], repeats: int, only: s
             rows.append(_row(label, prec, sec, flops, peak))
             if ceiling:
                 _add_ceiling(rows[-1], step, device, repeats)
+                if per_update:
+                    _add_scan_bound(rows[-1], scan_updates(step), per_update[True], threads)
     return rows
 
 
@@ -328,14 +422,19 @@ def _row(label: str, prec: str, sec: float, flops: int, peak: float) -> dict:
 
 def markdown(rows: list[dict], header: list[str]) -> str:
     ceiling = bool(rows) and all("ceiling_share" in r for r in rows)
+    scan = ceiling and all("bound_share" in r for r in rows)
     extra = " counted ops alone (ms) | kernel ceiling |" if ceiling else ""
+    extra += " scan G updates | scan recurrence alone (ms) | bound with the scan |" if scan else ""
     lines = [*header, "", "| case | precision | time (ms) | GFLOP (counted) | matmul peak before it (GFLOP/s) "
-             "| floor (ms) | share of floor |" + extra, "|---|---|---|---|---|---|---|" + "---|" * (2 * ceiling)]
+             "| floor (ms) | share of floor |" + extra,
+             "|---|---|---|---|---|---|---|" + "---|" * (2 * ceiling + 3 * scan)]
     for r in rows:
         cells = (f"| {r['case']} | {r['precision']} | {r['time_ms']:,.0f} | {r['gflop']:,.1f} | "
                  f"{r['peak_gflops']:,.0f} | {r['floor_ms']:,.0f} | {r['share_of_floor']:.0%} |")
         if ceiling:
             cells += f" {r['counted_alone_ms']:,.0f} | {r['ceiling_share']:.0%} |"
+        if scan:
+            cells += f" {r['scan_gupdates']:.3f} | {r['scan_loop_ms']:,.0f} | {r['bound_share']:.0%} |"
         lines.append(cells)
     return "\n".join(lines) + "\n"
 
@@ -378,6 +477,11 @@ def main() -> None:
         header.append("Kernel ceiling = floor / (the case's counted ops, each replayed alone on fresh tensors of the "
                       "same shapes and strides): the most share of the floor these convolution and matmul kernels "
                       "allow even if everything else cost nothing.")
+        if rows and all("bound_share" in r for r in rows):
+            header.append("Bound with the scan = floor / (counted ops alone + the scan's state updates at the speed "
+                          "of its numba recurrence alone, timed on L1-resident tiles on one thread and divided by "
+                          "the thread count): the most share these kernels allow if gathering, softplus, gate, "
+                          "conv1d, copies, norms and elementwise work cost nothing.")
     peak_end = matmul_peak(device, torch.float32)
     header.append(f"fp32 matmul peak re-measured after the cases: {peak_end / 1e9:,.0f} GFLOP/s "
                   "(a large change means the machine's load changed during the run).")
@@ -387,7 +491,9 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "model.md").write_text(text, encoding="utf-8")
         with (args.out / "model.csv").open("w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS + (CEILING_COLUMNS if args.ceiling else ()))
+            extra = (CEILING_COLUMNS + (SCAN_COLUMNS if all("bound_share" in r for r in rows) else ())
+                     if args.ceiling else ())
+            w = csv.DictWriter(fh, fieldnames=COLUMNS + extra)
             w.writeheader()
             w.writerows(rows)
         print(f"wrote {args.out / 'model.md'} and {args.out / 'model.csv'}")

@@ -89,3 +89,30 @@ def test_depthwise_conv_backward_is_counted_per_group(bench):
     assert fwd == 2 * 2 * 16 * 47 * 4
     y = F.conv1d(x, w, groups=16)
     assert bench.count_flops(lambda: y.sum().backward()) == 2 * fwd
+
+
+def test_scan_updates_counts_every_direction(bench):
+    from neurofuse.models.mamba import MultiScanMamba, scan_orders
+
+    orders = scan_orders(2, "four_way")  # two forward and two reversed directions: two scan calls
+    mixer = MultiScanMamba(8, orders, d_state=4, expand=2)
+    x = torch.randn(3, 5 * 6, 8)
+    n = bench.scan_updates(lambda: mixer(x, (5, 6)))
+    assert n == 3 * len(orders) * 16 * 30 * 4  # batch x directions x d_inner x L x d_state
+
+
+def test_scan_loop_cost_is_positive_and_training_costs_more(bench):
+    pytest.importorskip("numba")
+    fwd = bench.scan_loop_seconds_per_update(False, reps=5)
+    train = bench.scan_loop_seconds_per_update(True, reps=5)
+    assert 0 < fwd < 1e-6 and train > fwd
+
+
+def test_scan_bound_row_and_markdown(bench, monkeypatch):
+    monkeypatch.setattr(bench, "kernel_ceiling", lambda fn, device, repeats: (0.5, [("mm[(2,2)]", 3, 0.1, 8)]))
+    row = bench._row("case", "fp32", 2.0, 100_000_000_000, 200e9)  # floor 0.5 s; counted ops alone 0.5 s
+    bench._add_ceiling(row, None, torch.device("cpu"), 1)
+    bench._add_scan_bound(row, 2_000_000_000, 1e-9, 4)  # 2 G updates at 1 ns on 4 threads: 0.5 s
+    assert row["scan_loop_ms"] == 500.0 and row["bound_share"] == 0.5 and row["scan_gupdates"] == 2.0
+    text = bench.markdown([row], ["header"])
+    assert "| bound with the scan |" in text and text.strip().endswith("| 2.000 | 500 | 50% |")
