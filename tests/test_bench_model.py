@@ -116,3 +116,20 @@ def test_scan_bound_row_and_markdown(bench, monkeypatch):
     assert row["scan_loop_ms"] == 500.0 and row["bound_share"] == 0.5 and row["scan_gupdates"] == 2.0
     text = bench.markdown([row], ["header"])
     assert "| bound with the scan |" in text and text.strip().endswith("| 2.000 | 500 | 50% |")
+
+
+def test_main_writes_the_scan_bound_columns_when_every_row_has_them(bench, monkeypatch, tmp_path):
+    def cases(device, precisions, repeats, only, ceiling=False):
+        row = bench._row("case", "fp32", 2.0, 100_000_000_000, 200e9)
+        row.update(counted_alone_ms=500.0, ceiling_share=1.0)
+        bench._add_scan_bound(row, 1_000_000_000, 1e-9, 2)
+        return [row]
+
+    monkeypatch.setattr(bench, "run_cases", cases)
+    monkeypatch.setattr(bench, "matmul_peak", lambda *a, **k: 1e11)
+    monkeypatch.setattr("sys.argv", ["model.py", "--ceiling", "--out", str(tmp_path)])
+    bench.main()
+    header, values = (tmp_path / "model.csv").read_text().splitlines()
+    assert header.endswith("counted_alone_ms,ceiling_share,scan_gupdates,scan_loop_ms,bound_share")
+    assert values.endswith(",500.0,1.0,1.0,500.0,0.5")
+    assert "Bound with the scan" in (tmp_path / "model.md").read_text()
