@@ -127,7 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-minutes", type=float, default=8.0, help="start no run with less time than this left")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per run (the peers' configs say 1, for two side by side; one at a "
-                             "time, give the machine's cores)")
+                             "time, give the machine's cores; never more threads in all than cores: on 2 cores "
+                             "a 2-thread queue beside a 1-thread run slowed both 1.4-1.7x)")
     parser.add_argument("--checkpoints", type=Path, default=REPO / "checkpoints")
     parser.add_argument("--neurofuse", default=None, help="the neurofuse command (default: this Python's)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
